@@ -1,0 +1,49 @@
+"""urnn_jax: unitary (orthogonal) recurrent neural networks in JAX.
+
+The public API, by name:
+
+* the paper's model as a pure function: :class:`RNNParams`, :func:`simulate`;
+* Flax cells and the fast sequence layer: :class:`RNNCell`,
+  :class:`OrthogonalRNNCell`, :class:`Recurrent`, :class:`SequenceRegressor`,
+  :class:`LastStateClassifier`, :func:`to_rnn_params`, :func:`from_rnn_params`;
+* submodules: :mod:`urnn_jax.orthogonal` (matrix maps),
+  :mod:`urnn_jax.initializers`.
+"""
+
+from urnn_jax import initializers
+from urnn_jax import orthogonal
+from urnn_jax.cells import OrthogonalRNNCell
+from urnn_jax.cells import RNNCell
+from urnn_jax.cells import rebase
+from urnn_jax.recurrent import LastStateClassifier
+from urnn_jax.recurrent import Recurrent
+from urnn_jax.recurrent import SequenceRegressor
+from urnn_jax.recurrent import from_rnn_params
+from urnn_jax.recurrent import to_rnn_params
+from urnn_jax.rnn import ACTIVATIONS
+from urnn_jax.rnn import RNNParams
+from urnn_jax.rnn import check_params
+from urnn_jax.rnn import get_activation
+from urnn_jax.rnn import recurrence
+from urnn_jax.rnn import simulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "LastStateClassifier",
+    "OrthogonalRNNCell",
+    "RNNCell",
+    "RNNParams",
+    "Recurrent",
+    "SequenceRegressor",
+    "check_params",
+    "from_rnn_params",
+    "get_activation",
+    "initializers",
+    "orthogonal",
+    "rebase",
+    "recurrence",
+    "simulate",
+    "to_rnn_params",
+]

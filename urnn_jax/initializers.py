@@ -1,0 +1,166 @@
+"""Initialisers for recurrent kernels, with the flax signature ``(key, shape, dtype)``.
+
+Every factory returns a function ``init(key, shape, dtype=jnp.float32)`` that
+can be passed wherever flax takes an initializer (``kernel_init=...``).
+Shapes are ``(..., n, n)``; leading dimensions give independent draws.
+
+* :func:`haar`: orthogonal (or unitary, for complex dtypes) matrices drawn
+  from the Haar measure.
+* :func:`identity`: the identity (times ``scale``).
+* :func:`henaff`: block-diagonal 2x2 rotations with angles ~ U[-pi, pi]
+  (Henaff et al., 2016; expRNN's ``henaff_init``).
+* :func:`cayley`: the Cayley transform of a block-diagonal skew matrix whose
+  rotation angles are ~ U[0, pi/2] (Helfrich et al., scoRNN; expRNN's
+  ``cayley_init``).
+* :func:`contractive`: the paper's teacher W = I - eps A^T A / ||A||_2^2
+  (seed 000, eq. 6), singular values in [1 - eps, 1).
+
+``henaff`` and ``cayley`` can also return the skew-symmetric generator
+(``skew=True``) for the parametrised cells, where W = map(A).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+DTypeLike = jnp.dtype | type
+
+
+def _check_square(name: str, shape) -> tuple[int, ...]:
+  shape = tuple(int(s) for s in shape)
+  if len(shape) < 2 or shape[-1] != shape[-2]:
+    raise ValueError(
+        f"initializers.{name} needs a square shape (..., n, n), got shape"
+        f" {shape}."
+    )
+  return shape
+
+
+def haar():
+  """Haar-distributed orthogonal (real dtype) or unitary (complex dtype) matrices."""
+
+  def init(key, shape, dtype=jnp.float32):
+    shape = _check_square("haar", shape)
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+      kr, ki = jax.random.split(key)
+      real = jnp.finfo(dtype).dtype
+      g = (jax.random.normal(kr, shape, real)
+           + 1j * jax.random.normal(ki, shape, real)).astype(dtype)
+    else:
+      g = jax.random.normal(key, shape, dtype)
+    q, r = jnp.linalg.qr(g)
+    d = jnp.diagonal(r, axis1=-2, axis2=-1)
+    # Fix the phases so that the distribution is exactly Haar (Mezzadri 2007).
+    phase = jnp.where(d == 0, 1, d / jnp.abs(d)).astype(dtype)
+    return (q * phase[..., None, :]).astype(dtype)
+
+  return init
+
+
+def identity(scale: float = 1.0):
+  """``scale * I``."""
+
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    shape = _check_square("identity", shape)
+    return jnp.broadcast_to(scale * jnp.eye(shape[-1], dtype=dtype), shape)
+
+  return init
+
+
+def _block_skew(angles, n, dtype):
+  """Block-diagonal skew matrix with 2x2 blocks [[0, a], [-a, 0]] (odd n: last 0)."""
+  batch = angles.shape[:-1]
+  a = jnp.zeros(batch + (n, n), dtype)
+  idx = jnp.arange(angles.shape[-1])
+  a = a.at[..., 2 * idx, 2 * idx + 1].set(angles.astype(dtype))
+  a = a.at[..., 2 * idx + 1, 2 * idx].set(-angles.astype(dtype))
+  return a
+
+
+def _rotation_blocks(angles, n, dtype):
+  """Block-diagonal rotations by ``angles`` (odd n: the last entry is 1)."""
+  batch = angles.shape[:-1]
+  w = jnp.broadcast_to(jnp.eye(n, dtype=dtype), batch + (n, n))
+  idx = jnp.arange(angles.shape[-1])
+  c, s = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+  w = w.at[..., 2 * idx, 2 * idx].set(c)
+  w = w.at[..., 2 * idx + 1, 2 * idx + 1].set(c)
+  w = w.at[..., 2 * idx, 2 * idx + 1].set(s)
+  w = w.at[..., 2 * idx + 1, 2 * idx].set(-s)
+  return w
+
+
+def _check_real(name, dtype):
+  if jnp.issubdtype(jnp.dtype(dtype), jnp.complexfloating):
+    raise ValueError(
+        f"initializers.{name} supports real dtypes only, got dtype={dtype}."
+    )
+
+
+def henaff(*, skew: bool = False):
+  """Henaff et al. (2016): 2x2 block rotations with angles ~ U[-pi, pi].
+
+  Args:
+    skew: return the skew-symmetric generator A (so that expm(A) is the
+      rotation) instead of the orthogonal matrix.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    shape = _check_square("henaff", shape)
+    _check_real("henaff", dtype)
+    n = shape[-1]
+    angles = jax.random.uniform(
+        key, shape[:-2] + (n // 2,), jnp.float32, -jnp.pi, jnp.pi
+    )
+    if skew:
+      return _block_skew(angles, n, dtype)
+    return _rotation_blocks(angles, n, dtype)
+
+  return init
+
+
+def cayley(*, skew: bool = False):
+  """scoRNN's Cayley initialisation: 2x2 block rotations by t ~ U[0, pi/2].
+
+  The generator A is block diagonal with blocks [[0, a], [-a, 0]],
+  a = 2 tan(t/2), so that ``orthogonal.cayley(A) = (I - A/2)^{-1} (I + A/2)``
+  is exactly the rotation by t returned when ``skew=False``.
+
+  Args:
+    skew: return A instead of the orthogonal matrix.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    shape = _check_square("cayley", shape)
+    _check_real("cayley", dtype)
+    n = shape[-1]
+    t = jax.random.uniform(key, shape[:-2] + (n // 2,), jnp.float32, 0.0, jnp.pi / 2)
+    if skew:
+      return _block_skew(2.0 * jnp.tan(t / 2), n, dtype)
+    return _rotation_blocks(t, n, dtype)
+
+  return init
+
+
+def contractive(eps: float = 0.01):
+  """The paper's teacher transition, W = I - eps A^T A / ||A||_2^2 (eq. 6).
+
+  A has i.i.d. standard Gaussian entries. The singular values of W lie in
+  [1 - eps, 1): the system is contractive with time constant about 1/eps.
+  """
+  if not 0.0 < eps < 1.0:
+    raise ValueError(f"contractive(eps=...) needs 0 < eps < 1, got eps={eps}.")
+
+  def init(key, shape, dtype=jnp.float32):
+    shape = _check_square("contractive", shape)
+    _check_real("contractive", dtype)
+    a = jax.random.normal(key, shape, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    ata = jnp.swapaxes(a, -1, -2) @ a
+    norm2 = jnp.linalg.norm(a, ord=2, axis=(-2, -1)) ** 2
+    w = jnp.eye(shape[-1], dtype=ata.dtype) - eps * ata / norm2[..., None, None]
+    return w.astype(dtype)
+
+  return init

@@ -1,0 +1,284 @@
+"""``Recurrent``: the sequence layer, plus the experiments' task heads.
+
+``Recurrent(cell)`` runs any :class:`flax.linen.RNNCellBase` over a sequence.
+For the eq. (1) cells (:class:`~urnn_jax.RNNCell`,
+:class:`~urnn_jax.OrthogonalRNNCell`) it hoists all loop-invariant work out of
+``lax.scan``:
+
+1. the input projection x F^T + b for every step, as one matmul;
+2. the recurrent kernel K = W^T, including any parametrisation
+   (K = base @ expm(skew(A))), built once per call;
+3. a ``lax.scan`` whose body is only ``phi(h @ K + z_k)``
+   (:func:`urnn_jax.rnn.recurrence`, shared with :func:`urnn_jax.simulate`).
+
+Other cells (flax's ``LSTMCell``, ``GRUCell``, ...) are scanned with
+``flax.linen.scan`` exactly as ``flax.linen.RNN`` does, so every baseline
+goes through the same layer with the same options.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from urnn_jax.cells import _HoistableCell
+from urnn_jax.rnn import RNNParams, check_params, recurrence
+
+
+def _is_hoistable(cell) -> bool:
+  return isinstance(cell, _HoistableCell)
+
+
+class Recurrent(nn.Module):
+  """Runs ``cell`` over a sequence with ``lax.scan``.
+
+  Attributes:
+    cell: any ``flax.linen.RNNCellBase``.
+    time_major: inputs are ``(T, *batch, m)`` instead of ``(*batch, T, m)``.
+    unroll: ``lax.scan`` unroll factor.
+    learn_initial_carry: make h(-1) a learnable parameter ``initial_carry``
+      (zeros at init), shared across the batch.
+    return_carry: also return the final carry.
+
+  ``__call__(x, *, initial_carry=None, seq_lengths=None)`` returns the
+  outputs, ``(*batch, T, n)`` (time-major: ``(T, *batch, n)``), or
+  ``(carry, outputs)`` with ``return_carry``. With ``seq_lengths`` (int,
+  shape ``batch``), the carry is frozen once a sequence has ended, so the
+  returned carry is the state at its last valid step, and outputs past the end
+  are zero.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, urnn_jax
+    >>> layer = urnn_jax.Recurrent(urnn_jax.OrthogonalRNNCell(16))
+    >>> x = jnp.ones((8, 100, 2))
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> layer.apply(variables, x).shape
+    (8, 100, 16)
+  """
+
+  cell: nn.RNNCellBase
+  time_major: bool = False
+  unroll: int = 1
+  learn_initial_carry: bool = False
+  return_carry: bool = False
+
+  @nn.compact
+  def __call__(self, x, *, initial_carry=None, seq_lengths=None):
+    if not isinstance(self.cell, nn.RNNCellBase):
+      raise TypeError(
+          f"Recurrent: cell must be a flax.linen.RNNCellBase, got"
+          f" {type(self.cell).__name__}."
+      )
+    x = jnp.asarray(x)
+    if x.ndim < 2:
+      raise ValueError(
+          f"Recurrent: x must have shape {'(T, ..., m)' if self.time_major else '(..., T, m)'}"
+          f" (at least rank 2), got shape {x.shape}."
+      )
+    if not isinstance(self.unroll, int) or self.unroll < 1:
+      raise ValueError(f"Recurrent: unroll must be a positive int, got {self.unroll!r}.")
+    xt = x if self.time_major else jnp.moveaxis(x, -2, 0)  # (T, *batch, m)
+    batch_shape = xt.shape[1:-1]
+    if seq_lengths is not None:
+      seq_lengths = jnp.asarray(seq_lengths)
+      if seq_lengths.shape != batch_shape:
+        raise ValueError(
+            f"Recurrent: seq_lengths must have the batch shape {batch_shape},"
+            f" got shape {seq_lengths.shape}."
+        )
+      if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
+        raise TypeError(
+            f"Recurrent: seq_lengths must be integers, got dtype {seq_lengths.dtype}."
+        )
+
+    carry_shape = batch_shape + xt.shape[-1:]
+    if initial_carry is None:
+      initial_carry = self.cell.initialize_carry(
+          self.make_rng("params") if self.is_initializing() else jax.random.key(0),
+          carry_shape,
+      )
+      if self.learn_initial_carry:
+        template = jax.tree.map(lambda c: c[(0,) * (c.ndim - 1)], initial_carry)
+        h0 = self.param("initial_carry", lambda _: jax.tree.map(jnp.zeros_like, template))
+        initial_carry = jax.tree.map(
+            lambda c, p: jnp.broadcast_to(p.astype(c.dtype), c.shape), initial_carry, h0
+        )
+
+    if _is_hoistable(self.cell):
+      z = self.cell.project_inputs(xt)  # (T, *batch, n): one matmul for all steps
+      kernel = self.cell.transition_kernel()  # built once per call
+      carry, ys = recurrence(
+          kernel,
+          z,
+          initial_carry,
+          self.cell.activation_fn,
+          lengths=seq_lengths,
+          unroll=self.unroll,
+      )
+    else:
+      carry, ys = self._generic_scan(xt, initial_carry, seq_lengths)
+
+    if not self.time_major:
+      ys = jnp.moveaxis(ys, 0, -2)
+    return (carry, ys) if self.return_carry else ys
+
+  def _generic_scan(self, xt, carry, seq_lengths):
+    """Scans an arbitrary cell, as flax.linen.RNN does (no hoisting possible)."""
+    if seq_lengths is None:
+      valid = None
+    else:
+      valid = (
+          jnp.arange(xt.shape[0]).reshape((-1,) + (1,) * seq_lengths.ndim) < seq_lengths
+      )
+
+    def body(cell, c, inputs):
+      x_k, v_k = inputs
+      new_c, y = cell(c, x_k)
+      if v_k is None:
+        return new_c, y
+      keep = lambda new, old: jnp.where(v_k[..., None], new, old)
+      new_c = jax.tree.map(keep, new_c, c)
+      y = jnp.where(v_k[..., None], y, jnp.zeros_like(y))
+      return new_c, y
+
+    scan = nn.scan(
+        body,
+        variable_broadcast="params",
+        split_rngs={"params": False},
+        in_axes=0,
+        out_axes=0,
+        unroll=self.unroll,
+    )
+    return scan(self.cell, carry, (xt, valid))
+
+
+class SequenceRegressor(nn.Module):
+  """Sequence-to-sequence regression, y(k) = C h(k) (the paper's Figs 2 and 3).
+
+  With an eq. (1) cell this is exactly the paper's model; its parameters
+  convert to and from :class:`~urnn_jax.RNNParams` with :func:`to_rnn_params`
+  and :func:`from_rnn_params`.
+
+  Attributes:
+    cell: the recurrent cell.
+    out_features: p.
+    use_bias: add a bias to the read-out (the paper has none).
+    learn_initial_carry: learn h(-1).
+    unroll: scan unroll.
+  """
+
+  cell: nn.RNNCellBase
+  out_features: int
+  use_bias: bool = False
+  learn_initial_carry: bool = False
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(self, x, *, seq_lengths=None):
+    hs = Recurrent(
+        self.cell,
+        learn_initial_carry=self.learn_initial_carry,
+        unroll=self.unroll,
+        name="rnn",
+    )(x, seq_lengths=seq_lengths)
+    return nn.Dense(
+        self.out_features,
+        use_bias=self.use_bias,
+        dtype=getattr(self.cell, "dtype", None),
+        param_dtype=getattr(self.cell, "param_dtype", jnp.float32),
+        name="readout",
+    )(hs)
+
+
+class LastStateClassifier(nn.Module):
+  """Classification from the output at each sequence's last step (Fig. 4).
+
+  Attributes:
+    cell: the recurrent cell.
+    num_classes: number of logits.
+    unroll: scan unroll.
+  """
+
+  cell: nn.RNNCellBase
+  num_classes: int
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(self, x, *, seq_lengths=None):
+    hs = Recurrent(self.cell, unroll=self.unroll, name="rnn")(x, seq_lengths=seq_lengths)
+    if seq_lengths is None:
+      last = hs[..., -1, :]
+    else:
+      idx = jnp.clip(jnp.asarray(seq_lengths) - 1, 0, hs.shape[-2] - 1)
+      last = jnp.take_along_axis(hs, idx[..., None, None], axis=-2)[..., 0, :]
+    return nn.Dense(
+        self.num_classes,
+        dtype=getattr(self.cell, "dtype", None),
+        param_dtype=getattr(self.cell, "param_dtype", jnp.float32),
+        name="head",
+    )(last)
+
+
+def _unwrap(variables) -> dict:
+  variables = dict(variables)
+  return dict(variables["params"]) if "params" in variables else variables
+
+
+def to_rnn_params(variables) -> RNNParams:
+  """RNNParams (W, F, b, C, h0) from a ``SequenceRegressor`` with an ``RNNCell``.
+
+  Also accepts the variables of ``flax.linen.RNN(RNNCell)`` or
+  ``Recurrent(RNNCell)`` (no read-out: C = I). Parametrised orthogonal cells
+  are not supported here; evaluate their kernel with ``transition_kernel``.
+  """
+  p = _unwrap(variables)
+  readout = p.get("readout")
+  if readout is not None and "bias" in readout:
+    raise ValueError(
+        "to_rnn_params: the read-out has a bias, which eq. (1) does not have;"
+        " build the SequenceRegressor with use_bias=False."
+    )
+  rnn = p.get("rnn", p)
+  cell = rnn.get("cell")
+  if cell is None or "recurrent_kernel" not in cell:
+    raise ValueError(
+        "to_rnn_params: expected params of a SequenceRegressor/Recurrent/"
+        "flax.linen.RNN with an RNNCell or OrthogonalRNNCell (a 'cell' holding"
+        f" 'input' and 'recurrent_kernel'); got top-level keys {sorted(p)}."
+    )
+  k = jnp.asarray(cell["recurrent_kernel"])
+  n = k.shape[-1]
+  w = k.T
+  f = jnp.asarray(cell["input"]["kernel"]).T
+  b = jnp.asarray(cell["input"]["bias"])
+  c = jnp.asarray(readout["kernel"]).T if readout is not None else jnp.eye(n, dtype=k.dtype)
+  h0 = rnn.get("initial_carry", jnp.zeros((n,), k.dtype))
+  params = RNNParams(w, f, b, c, jnp.asarray(h0))
+  check_params(params)
+  return params
+
+
+def from_rnn_params(params: RNNParams, *, learn_initial_carry: bool | None = None) -> dict:
+  """Variables ``{'params': ...}`` for ``SequenceRegressor(RNNCell(n), p)``.
+
+  ``h0`` is stored as the learnable ``initial_carry``; pass
+  ``learn_initial_carry=True`` to the regressor when h0 is nonzero (by
+  default it is included only when h0 != 0, and then the regressor must be
+  built with ``learn_initial_carry=True``).
+  """
+  check_params(params)
+  rnn: dict[str, Any] = {
+      "cell": {
+          "input": {"kernel": params.F.T, "bias": params.b},
+          "recurrent_kernel": params.W.T,
+      }
+  }
+  if learn_initial_carry is None:
+    learn_initial_carry = bool(np.any(np.asarray(params.h0) != 0))
+  if learn_initial_carry:
+    rnn["initial_carry"] = params.h0
+  return {"params": {"rnn": rnn, "readout": {"kernel": params.C.T}}}

@@ -1,0 +1,254 @@
+"""The paper's RNN, eq. (1), as data and pure functions.
+
+    h(k) = phi(W h(k-1) + F x(k) + b),    y(k) = C h(k),    h(-1) = h0.
+
+``RNNParams`` is Theta = (W, F, b, C, h0) in the paper's column-vector
+convention (``W`` is ``(n, n)``, ``F`` is ``(n, m)``, ``C`` is ``(p, n)``).
+``simulate`` maps an input sequence to the output sequence.  ``recurrence``
+is the scan kernel shared by ``simulate`` and the Flax layer
+(:class:`urnn_jax.Recurrent`): the input projection is computed for every
+step before it is called, so only ``h @ K`` runs inside ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Activation = Union[str, Callable[[Array], Array]]
+
+
+def _abs(x):
+  return jnp.abs(x)
+
+
+def _identity(x):
+  return x
+
+
+def _leaky_relu(x):
+  return jax.nn.leaky_relu(x, negative_slope=0.01)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "identity": _identity,
+    "leaky_relu": _leaky_relu,
+    "abs": _abs,
+}
+
+
+def get_activation(activation: Activation) -> Callable[[Array], Array]:
+  """Returns the activation function for a name, or the callable itself.
+
+  Raises:
+    ValueError: for an unknown name; the message lists the valid names.
+    TypeError: for anything that is neither a string nor a callable.
+  """
+  if isinstance(activation, str):
+    try:
+      return ACTIVATIONS[activation]
+    except KeyError:
+      raise ValueError(
+          f"activation={activation!r} is not a known activation; expected one"
+          f" of {sorted(ACTIVATIONS)} or a callable."
+      ) from None
+  if callable(activation):
+    return activation
+  raise TypeError(
+      f"activation must be a name in {sorted(ACTIVATIONS)} or a callable, got"
+      f" {type(activation).__name__}: {activation!r}."
+  )
+
+
+class RNNParams(NamedTuple):
+  """Theta = (W, F, b, C, h0) of eq. (1); a pytree.
+
+  Attributes:
+    W: ``(n, n)`` hidden-to-hidden (transition) matrix.
+    F: ``(n, m)`` input-to-hidden matrix.
+    b: ``(n,)`` bias.
+    C: ``(p, n)`` hidden-to-output matrix.
+    h0: ``(n,)`` initial state h(-1).
+  """
+
+  W: Array
+  F: Array
+  b: Array
+  C: Array
+  h0: Array
+
+  @property
+  def hidden_size(self) -> int:
+    return self.W.shape[-1]
+
+  @property
+  def input_size(self) -> int:
+    return self.F.shape[-1]
+
+  @property
+  def output_size(self) -> int:
+    return self.C.shape[-2]
+
+  @classmethod
+  def create(cls, W, F, b=None, C=None, h0=None) -> "RNNParams":
+    """Builds and validates params; ``b`` and ``h0`` default to zeros, ``C`` to I."""
+    W = jnp.asarray(W)
+    F = jnp.asarray(F)
+    n = W.shape[-1] if W.ndim else 0
+    b = jnp.zeros((n,), W.dtype) if b is None else jnp.asarray(b)
+    C = jnp.eye(n, dtype=W.dtype) if C is None else jnp.asarray(C)
+    h0 = jnp.zeros((n,), W.dtype) if h0 is None else jnp.asarray(h0)
+    params = cls(W, F, b, C, h0)
+    check_params(params)
+    return params
+
+
+def check_params(params: RNNParams) -> None:
+  """Raises ValueError naming the field when RNNParams shapes are inconsistent.
+
+  Leading (batch) dimensions are allowed when all fields share them, e.g. for
+  params stacked over realizations under ``jax.vmap``.
+  """
+  if not isinstance(params, RNNParams):
+    raise TypeError(
+        f"params must be urnn_jax.RNNParams, got {type(params).__name__}."
+    )
+  W, F, b, C, h0 = (jnp.shape(v) for v in params)
+  if len(W) < 2 or W[-1] != W[-2]:
+    raise ValueError(f"RNNParams.W must be square (n, n), got shape {W}.")
+  n = W[-1]
+  if len(F) < 2 or F[-2] != n:
+    raise ValueError(
+        f"RNNParams.F must have shape (n, m) = ({n}, m) to match W {W}, got"
+        f" shape {F}."
+    )
+  if len(b) < 1 or b[-1] != n:
+    raise ValueError(
+        f"RNNParams.b must have shape (n,) = ({n},) to match W {W}, got"
+        f" shape {b}."
+    )
+  if len(C) < 2 or C[-1] != n:
+    raise ValueError(
+        f"RNNParams.C must have shape (p, n) = (p, {n}) to match W {W}, got"
+        f" shape {C}."
+    )
+  if len(h0) < 1 or h0[-1] != n:
+    raise ValueError(
+        f"RNNParams.h0 must have shape (n,) = ({n},) to match W {W}, got"
+        f" shape {h0}."
+    )
+
+
+def recurrence(
+    kernel: Array,
+    z: Array,
+    h0: Array,
+    activation: Activation = "relu",
+    *,
+    lengths: Array | None = None,
+    unroll: int = 1,
+) -> tuple[Array, Array]:
+  """Runs h(k) = phi(h(k-1) @ kernel + z(k)) over a time-major sequence.
+
+  This is the scan kernel under :func:`simulate` and :class:`Recurrent`.
+  ``z`` holds the already-projected inputs ``x(k) F^T + b`` for every step.
+
+  Args:
+    kernel: ``(n, n)`` recurrent kernel in the row-vector (Flax) convention,
+      i.e. ``W.T`` in the paper's notation.
+    z: ``(T, *batch, n)`` projected inputs, time-major.
+    h0: initial state, broadcastable to ``(*batch, n)``.
+    activation: name or callable.
+    lengths: optional int ``(*batch,)`` sequence lengths. Past a sequence's
+      end the state is frozen and the output is zero.
+    unroll: ``lax.scan`` unroll factor.
+
+  Returns:
+    ``(h_last, hs)``: the final state ``(*batch, n)`` (the state at step
+    ``length - 1`` when ``lengths`` is given) and all states ``(T, *batch, n)``.
+  """
+  phi = get_activation(activation)
+  h0 = jnp.broadcast_to(h0, z.shape[1:]).astype(jnp.result_type(z, kernel, h0))
+
+  if lengths is None:
+
+    def step(h, z_k):
+      h = phi(h @ kernel + z_k)
+      return h, h
+
+    return lax.scan(step, h0, z, unroll=unroll)
+
+  lengths = jnp.asarray(lengths)
+  valid = jnp.arange(z.shape[0]).reshape((-1,) + (1,) * lengths.ndim) < lengths
+  valid = valid[..., None]  # (T, *batch, 1)
+
+  def masked_step(h, inputs):
+    z_k, v_k = inputs
+    h_new = phi(h @ kernel + z_k)
+    h = jnp.where(v_k, h_new, h)
+    return h, jnp.where(v_k, h_new, jnp.zeros_like(h_new))
+
+  return lax.scan(masked_step, h0, (z, valid), unroll=unroll)
+
+
+def simulate(
+    params: RNNParams,
+    x: Array,
+    activation: Activation = "relu",
+    *,
+    unroll: int = 1,
+    return_states: bool = False,
+):
+  """The input-output map y = G(x, Theta) of eq. (1).
+
+  Args:
+    params: ``RNNParams``.
+    x: inputs ``(T, m)`` or ``(*batch, T, m)``.
+    activation: one of ``relu, sigmoid, tanh, identity, leaky_relu, abs`` or
+      any elementwise callable.
+    unroll: ``lax.scan`` unroll factor.
+    return_states: also return the hidden states ``h(k)``.
+
+  Returns:
+    ``y`` with shape ``(T, p)`` or ``(*batch, T, p)``; with
+    ``return_states`` the pair ``(y, h)`` where ``h`` is ``(*batch, T, n)``.
+
+  Example:
+    >>> import jax.numpy as jnp, urnn_jax
+    >>> theta = urnn_jax.RNNParams.create(W=0.5 * jnp.eye(2), F=jnp.ones((2, 1)))
+    >>> urnn_jax.simulate(theta, jnp.ones((3, 1))).shape
+    (3, 2)
+  """
+  check_params(params)
+  phi = get_activation(activation)
+  x = jnp.asarray(x)
+  n, m = params.F.shape[-2:]
+  if x.ndim < 2:
+    raise ValueError(
+        f"x must have shape (T, m) or (..., T, m) with m = {m}, got shape"
+        f" {x.shape} (rank {x.ndim})."
+    )
+  if x.shape[-1] != m:
+    raise ValueError(
+        f"x has {x.shape[-1]} features (shape {x.shape}) but F has shape"
+        f" {params.F.shape}, which expects m = {m} input features."
+    )
+  if params.W.ndim != 2:
+    raise ValueError(
+        f"simulate expects a single RNNParams with W of shape (n, n); got W of"
+        f" shape {params.W.shape}. Use jax.vmap over stacked params."
+    )
+  # Hoisted input projection: one matmul for all steps.
+  z = x @ params.F.T + params.b  # (*batch, T, n)
+  z = jnp.moveaxis(z, -2, 0)  # (T, *batch, n)
+  _, hs = recurrence(params.W.T, z, params.h0, phi, unroll=unroll)
+  hs = jnp.moveaxis(hs, 0, -2)  # (*batch, T, n)
+  y = hs @ params.C.T
+  return (y, hs) if return_states else y
