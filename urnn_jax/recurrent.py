@@ -108,6 +108,11 @@ class Recurrent(nn.Module):
             lambda c, p: jnp.broadcast_to(p.astype(c.dtype), c.shape), initial_carry, h0
         )
 
+    # The carry takes the promoted dtype of inputs and carry (float64 inputs
+    # through float32 cells give float64 states, as the cell's output does).
+    initial_carry = jax.tree.map(
+        lambda c: jnp.asarray(c, jnp.result_type(c, xt.dtype)), initial_carry
+    )
     if _is_hoistable(self.cell):
       z = self.cell.project_inputs(xt)  # (T, *batch, n): one matmul for all steps
       kernel = self.cell.transition_kernel()  # built once per call
@@ -180,7 +185,7 @@ class SequenceRegressor(nn.Module):
   @nn.compact
   def __call__(self, x, *, seq_lengths=None):
     hs = Recurrent(
-        self.cell,
+        self.cell.clone(parent=None),
         learn_initial_carry=self.learn_initial_carry,
         unroll=self.unroll,
         name="rnn",
@@ -209,7 +214,7 @@ class LastStateClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, seq_lengths=None):
-    hs = Recurrent(self.cell, unroll=self.unroll, name="rnn")(x, seq_lengths=seq_lengths)
+    hs = Recurrent(self.cell.clone(parent=None), unroll=self.unroll, name="rnn")(x, seq_lengths=seq_lengths)
     if seq_lengths is None:
       last = hs[..., -1, :]
     else:

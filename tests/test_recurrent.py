@@ -1,0 +1,225 @@
+"""Tests for urnn_jax.recurrent: Recurrent, the heads, RNNParams conversion."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import urnn_jax
+from tests.reference import simulate_loop
+
+
+def f64_cell(n, **kw):
+  return urnn_jax.RNNCell(n, param_dtype=jnp.float64, **kw)
+
+
+def random_regressor_variables(key, n, m, p, *, h0=True):
+  k = jax.random.split(key, 5)
+  w = jax.random.normal(k[0], (n, n), jnp.float64)
+  theta = urnn_jax.RNNParams(
+      W=0.95 * w / jnp.linalg.norm(w, 2),
+      F=jax.random.normal(k[1], (n, m), jnp.float64),
+      b=0.2 * jax.random.normal(k[2], (n,), jnp.float64),
+      C=jax.random.normal(k[3], (p, n), jnp.float64),
+      h0=(jax.random.normal(k[4], (n,), jnp.float64) if h0 else jnp.zeros((n,), jnp.float64)),
+  )
+  return theta, urnn_jax.from_rnn_params(theta)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "abs"])
+@pytest.mark.parametrize("batch_shape", [(1,), (4,), (2, 3)])
+def test_layer_simulate_and_loop_agree(x64, activation, batch_shape):
+  n, m, p, T = 6, 3, 2, 50
+  theta, variables = random_regressor_variables(jax.random.key(0), n, m, p)
+  model = urnn_jax.SequenceRegressor(f64_cell(n, activation=activation), p, learn_initial_carry=True)
+  x = jax.random.normal(jax.random.key(1), batch_shape + (T, m), jnp.float64)
+  y_layer = model.apply(variables, x)
+  y_sim = urnn_jax.simulate(theta, x, activation)
+  y_loop = simulate_loop(*theta, x, activation)
+  assert y_layer.shape == batch_shape + (T, p)
+  np.testing.assert_allclose(np.asarray(y_layer), y_loop, rtol=0, atol=1e-10)
+  np.testing.assert_allclose(np.asarray(y_sim), y_loop, rtol=0, atol=1e-10)
+
+
+def test_round_trip_conversion(x64):
+  theta, variables = random_regressor_variables(jax.random.key(2), 5, 2, 3)
+  back = urnn_jax.to_rnn_params(variables)
+  for a, b in zip(theta, back):
+    np.testing.assert_array_equal(a, b)
+  # From an initialised model, too.
+  model = urnn_jax.SequenceRegressor(f64_cell(4), 2)
+  v = model.init(jax.random.key(0), jnp.ones((1, 5, 3)))
+  theta2 = urnn_jax.to_rnn_params(v)
+  assert theta2.W.shape == (4, 4) and theta2.F.shape == (4, 3) and theta2.C.shape == (2, 4)
+  np.testing.assert_array_equal(theta2.h0, 0)
+  x = jax.random.normal(jax.random.key(1), (2, 7, 3), jnp.float64)
+  np.testing.assert_allclose(model.apply(v, x), urnn_jax.simulate(theta2, x), atol=1e-12)
+
+
+def test_to_rnn_params_rejects_readout_bias_and_foreign_trees():
+  model = urnn_jax.SequenceRegressor(urnn_jax.RNNCell(3), 2, use_bias=True)
+  v = model.init(jax.random.key(0), jnp.ones((1, 4, 2)))
+  with pytest.raises(ValueError, match="bias"):
+    urnn_jax.to_rnn_params(v)
+  with pytest.raises(ValueError, match="expected params"):
+    urnn_jax.to_rnn_params({"params": {"Dense_0": {}}})
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_flax_rnn_with_our_cell_equals_recurrent(x64, activation):
+  cell = f64_cell(8, activation=activation)
+  x = jax.random.normal(jax.random.key(3), (4, 30, 3), jnp.float64)
+  flax_rnn = nn.RNN(cell)
+  variables = flax_rnn.init(jax.random.key(4), x)
+  ours = urnn_jax.Recurrent(cell)
+  np.testing.assert_allclose(ours.apply(variables, x), flax_rnn.apply(variables, x), atol=1e-12)
+  # Same parameter tree, so variables are interchangeable both ways.
+  v2 = ours.init(jax.random.key(4), x)
+  assert jax.tree.structure(v2) == jax.tree.structure(variables)
+
+
+def test_seq_lengths_freeze_carry_and_zero_outputs(x64):
+  cell = f64_cell(5, activation="tanh")
+  layer = urnn_jax.Recurrent(cell, return_carry=True)
+  x = jax.random.normal(jax.random.key(5), (3, 12, 2), jnp.float64)
+  variables = layer.init(jax.random.key(6), x)
+  lengths = jnp.array([12, 7, 1])
+  carry, ys = layer.apply(variables, x, seq_lengths=lengths)
+  for i, length in enumerate([12, 7, 1]):
+    c_i, y_i = layer.apply(variables, x[i : i + 1, :length])
+    np.testing.assert_allclose(carry[i], c_i[0], atol=1e-12)
+    np.testing.assert_allclose(ys[i, :length], y_i[0], atol=1e-12)
+    np.testing.assert_array_equal(ys[i, length:], 0.0)
+
+
+def test_seq_lengths_with_flax_lstm(x64):
+  cell = nn.LSTMCell(4, param_dtype=jnp.float64)
+  layer = urnn_jax.Recurrent(cell, return_carry=True)
+  x = jax.random.normal(jax.random.key(7), (2, 9, 3), jnp.float64)
+  variables = layer.init(jax.random.key(8), x)
+  (c, h), ys = layer.apply(variables, x, seq_lengths=jnp.array([9, 4]))
+  (c1, h1), ys1 = layer.apply(variables, x[1:, :4])
+  np.testing.assert_allclose(h[1], h1[0], atol=1e-12)
+  np.testing.assert_allclose(c[1], c1[0], atol=1e-12)
+  np.testing.assert_array_equal(ys[1, 4:], 0.0)
+  # flax.linen.RNN gives the same outputs on full-length sequences.
+  y_flax = nn.RNN(cell).apply(variables, x)
+  np.testing.assert_allclose(ys[0], y_flax[0], atol=1e-12)
+
+
+def test_time_major_equals_batch_major(x64):
+  cell = f64_cell(4)
+  x = jax.random.normal(jax.random.key(9), (3, 11, 2), jnp.float64)
+  bm = urnn_jax.Recurrent(cell)
+  tm = urnn_jax.Recurrent(cell, time_major=True)
+  variables = bm.init(jax.random.key(0), x)
+  y_bm = bm.apply(variables, x)
+  y_tm = tm.apply(variables, jnp.swapaxes(x, 0, 1))
+  assert y_tm.shape == (11, 3, 4)
+  np.testing.assert_allclose(jnp.swapaxes(y_tm, 0, 1), y_bm, atol=1e-12)
+  lengths = jnp.array([11, 3, 6])
+  np.testing.assert_allclose(
+      jnp.swapaxes(tm.apply(variables, jnp.swapaxes(x, 0, 1), seq_lengths=lengths), 0, 1),
+      bm.apply(variables, x, seq_lengths=lengths),
+      atol=1e-12,
+  )
+
+
+def test_initial_carry_and_learnable_h0(x64):
+  cell = f64_cell(3, activation="tanh")
+  x = jax.random.normal(jax.random.key(10), (2, 6, 2), jnp.float64)
+  layer = urnn_jax.Recurrent(cell, learn_initial_carry=True)
+  variables = layer.init(jax.random.key(0), x)
+  assert variables["params"]["initial_carry"].shape == (3,)
+  np.testing.assert_array_equal(variables["params"]["initial_carry"], 0.0)
+  h0 = jnp.array([0.3, -0.2, 0.5])
+  variables["params"]["initial_carry"] = h0
+  plain = urnn_jax.Recurrent(cell)
+  np.testing.assert_allclose(
+      layer.apply(variables, x),
+      plain.apply({"params": {"cell": variables["params"]["cell"]}}, x, initial_carry=jnp.broadcast_to(h0, (2, 3))),
+      atol=1e-12,
+  )
+  # The learnable h0 receives a gradient.
+  g = jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x) ** 2))(variables["params"])
+  assert np.all(np.abs(g["initial_carry"]) > 0)
+
+
+def test_unroll_does_not_change_outputs(x64):
+  cell = f64_cell(5)
+  x = jax.random.normal(jax.random.key(11), (2, 17, 3), jnp.float64)
+  v = urnn_jax.Recurrent(cell).init(jax.random.key(0), x)
+  np.testing.assert_allclose(
+      urnn_jax.Recurrent(cell, unroll=8).apply(v, x), urnn_jax.Recurrent(cell).apply(v, x), atol=1e-12
+  )
+
+
+def test_jit_vmap_grad_through_layer(x64):
+  model = urnn_jax.SequenceRegressor(f64_cell(4), 2)
+  x = jax.random.normal(jax.random.key(12), (3, 10, 2), jnp.float64)
+  variables = model.init(jax.random.key(0), x)
+  jitted = jax.jit(model.apply)
+  np.testing.assert_allclose(jitted(variables, x), model.apply(variables, x), atol=1e-12)
+  # vmap over a stack of parameter sets (realizations).
+  keys = jax.random.split(jax.random.key(1), 3)
+  stacked = jax.vmap(lambda k: model.init(k, x))(keys)
+  ys = jax.vmap(lambda v: model.apply(v, x))(stacked)
+  assert ys.shape == (3, 3, 10, 2)
+  v1 = jax.tree.map(lambda a: a[1], stacked)
+  np.testing.assert_allclose(ys[1], model.apply(v1, x), atol=1e-12)
+  # grad matches the pure-function path.
+  theta = urnn_jax.to_rnn_params(variables)
+  g_layer = jax.grad(lambda v: jnp.sum(model.apply(v, x) ** 2))(variables)
+  g_theta = jax.grad(lambda t: jnp.sum(urnn_jax.simulate(t, x) ** 2))(theta)
+  np.testing.assert_allclose(g_layer["params"]["rnn"]["cell"]["recurrent_kernel"], g_theta.W.T, atol=1e-10)
+  np.testing.assert_allclose(g_layer["params"]["readout"]["kernel"], g_theta.C.T, atol=1e-10)
+
+
+def test_classifier_uses_last_valid_step(x64):
+  cell = f64_cell(6, activation="tanh")
+  model = urnn_jax.LastStateClassifier(cell, num_classes=10)
+  x = jax.random.normal(jax.random.key(13), (2, 15, 1), jnp.float64)
+  variables = model.init(jax.random.key(0), x)
+  logits = model.apply(variables, x, seq_lengths=jnp.array([15, 8]))
+  assert logits.shape == (2, 10)
+  short = model.apply(variables, x[1:, :8])
+  np.testing.assert_allclose(logits[1], short[0], atol=1e-12)
+  # Works with flax's LSTM, too.
+  lstm_model = urnn_jax.LastStateClassifier(nn.LSTMCell(6), num_classes=3)
+  v = lstm_model.init(jax.random.key(0), x)
+  assert lstm_model.apply(v, x).shape == (2, 3)
+
+
+def test_parametrised_kernel_built_once_per_call():
+  """With W = base @ expm(A), the matrix exponential is outside the scan."""
+  from tests.test_rnn import _find
+
+  layer = urnn_jax.Recurrent(urnn_jax.OrthogonalRNNCell(4, parametrization="expm"))
+  x = jnp.ones((2, 30, 3))
+  variables = layer.init(jax.random.key(0), x)
+  jaxpr = jax.make_jaxpr(lambda v: layer.apply(v, x))(variables)
+  scans = _find(jaxpr.jaxpr, "scan")
+  assert scans, "no scan found"
+  for scan in scans:
+    body = scan.params["jaxpr"].jaxpr
+    # expm's scaling-and-squaring uses a linear solve; it must not be in the scan body.
+    assert not _find(body, "lu") and not _find(body, "triangular_solve")
+  # ...but it does run before the scan.
+  assert _find(jaxpr.jaxpr, "lu")
+
+
+def test_bad_inputs():
+  layer = urnn_jax.Recurrent(urnn_jax.RNNCell(3))
+  with pytest.raises(ValueError, match="x must have shape"):
+    layer.init(jax.random.key(0), jnp.ones((5,)))
+  x = jnp.ones((2, 4, 1))
+  v = layer.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="seq_lengths must have the batch shape"):
+    layer.apply(v, x, seq_lengths=jnp.array([1, 2, 3]))
+  with pytest.raises(TypeError, match="seq_lengths must be integers"):
+    layer.apply(v, x, seq_lengths=jnp.array([1.0, 2.0]))
+  with pytest.raises(ValueError, match="unroll must be a positive int"):
+    urnn_jax.Recurrent(urnn_jax.RNNCell(3), unroll=0).init(jax.random.key(0), x)
+  with pytest.raises(TypeError, match="RNNCellBase"):
+    urnn_jax.Recurrent(nn.Dense(3)).init(jax.random.key(0), x)

@@ -1,0 +1,315 @@
+"""Shared pieces of the training binaries: state, checkpoints, progress, files.
+
+The binaries in ``train/`` are thin absl mains; the loop pieces they share live
+here so that every experiment behaves the same way:
+
+* :class:`TrainState`: an explicit pytree ``(step, params, opt_state)``;
+  nothing hidden. Randomness is derived from ``(seed, step)`` with
+  ``jax.random.fold_in``, so a resumed run draws the same batches as an
+  uninterrupted one.
+* :class:`Checkpoints`: orbax ``CheckpointManager`` (synchronous), keeping the
+  last few checkpoints; a restore takes the latest *good* one.
+* :func:`check_finite`: raises :class:`DivergenceError` on NaN/inf so a
+  diverged run stops with a message and its last good checkpoint intact.
+* :class:`Progress`: a progress line with rate and ETA.
+* :func:`write_json`, :func:`write_csv`, :func:`read_json`: results files,
+  written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+class TrainState(NamedTuple):
+  """Everything a training loop carries between steps (a pytree)."""
+
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+
+
+def create_train_state(params: PyTree, tx) -> TrainState:
+  """A step-0 state for ``params`` and the optax transform ``tx``."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+class DivergenceError(RuntimeError):
+  """Raised when a training run produces NaN or inf."""
+
+
+def check_finite(values: Mapping[str, Any], *, where: str = "") -> None:
+  """Raises DivergenceError naming the non-finite entries of ``values``."""
+  bad = []
+  for name, value in values.items():
+    arr = np.asarray(value)
+    if not np.all(np.isfinite(arr)):
+      bad.append(f"{name}={arr.tolist() if arr.size <= 8 else 'array with non-finite entries'}")
+  if bad:
+    loc = f" at {where}" if where else ""
+    raise DivergenceError(
+        f"training diverged{loc}: non-finite {', '.join(bad)}. The last good"
+        " checkpoint was kept; lower the learning rate or add a constraint."
+    )
+
+
+def tree_is_finite(tree: PyTree) -> bool:
+  """True when every leaf of ``tree`` is finite (host-side check)."""
+  leaves = jax.tree.leaves(tree)
+  return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in leaves)
+
+
+class Checkpoints:
+  """A thin wrapper around ``orbax.checkpoint.CheckpointManager``.
+
+  Saves are synchronous, so a run killed right after ``save`` returns can
+  resume from that step. Only finite states are saved (a diverged state never
+  replaces a good checkpoint).
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
+    import orbax.checkpoint as ocp
+
+    self._ocp = ocp
+    self.directory = os.path.abspath(os.fspath(directory))
+    os.makedirs(self.directory, exist_ok=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=False,
+            create=True,
+        ),
+    )
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: PyTree) -> bool:
+    """Saves ``state`` at ``step``; returns False (and saves nothing) if not finite."""
+    if not tree_is_finite(state):
+      return False
+    self._manager.save(int(step), args=self._ocp.args.StandardSave(state), force=True)
+    self._manager.wait_until_finished()
+    return True
+
+  def restore(self, target: PyTree, step: int | None = None) -> PyTree | None:
+    """Restores the latest (or given) step into the structure of ``target``.
+
+    Returns None when there is no checkpoint.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), target
+    )
+    restored = self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+    # Keep the target's container types (NamedTuples etc.).
+    return jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored))
+
+  def close(self):
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _format_seconds(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Progress:
+  """A progress line ``desc [#####.....] 12/40 30% 1.2 it/s ETA 00:23``.
+
+  Writes to ``stream`` (stderr by default), at most every ``min_interval``
+  seconds, with a carriage return on terminals and whole lines otherwise. The
+  ETA is computed from the items done since this object was created, so a
+  resumed run (``initial > 0``) gets an honest estimate.
+  """
+
+  def __init__(
+      self,
+      total: int,
+      desc: str = "",
+      *,
+      initial: int = 0,
+      stream=None,
+      min_interval: float = 0.5,
+      width: int = 24,
+  ):
+    self.total = max(int(total), 0)
+    self.desc = desc
+    self.n = int(initial)
+    self._start_n = self.n
+    self._t0 = time.perf_counter()
+    self._last = -math.inf
+    self.stream = sys.stderr if stream is None else stream
+    self.min_interval = min_interval
+    self.width = width
+    self.postfix = ""
+    self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+  def eta_seconds(self) -> float:
+    done = self.n - self._start_n
+    elapsed = time.perf_counter() - self._t0
+    if done <= 0:
+      return math.inf
+    return (self.total - self.n) * elapsed / done
+
+  def render(self) -> str:
+    frac = self.n / self.total if self.total else 1.0
+    filled = int(round(frac * self.width))
+    elapsed = time.perf_counter() - self._t0
+    done = self.n - self._start_n
+    rate = done / elapsed if elapsed > 0 else 0.0
+    bar = "#" * filled + "." * (self.width - filled)
+    post = f" {self.postfix}" if self.postfix else ""
+    return (
+        f"{self.desc} [{bar}] {self.n}/{self.total} {100 * frac:3.0f}%"
+        f" {rate:.2f} it/s elapsed {_format_seconds(elapsed)}"
+        f" ETA {_format_seconds(self.eta_seconds())}{post}"
+    )
+
+  def update(self, n: int = 1, *, postfix: str | None = None, force: bool = False):
+    self.n += n
+    if postfix is not None:
+      self.postfix = postfix
+    now = time.perf_counter()
+    if force or self.n >= self.total or now - self._last >= self.min_interval:
+      self._last = now
+      end = "\r" if self._tty and self.n < self.total else "\n"
+      self.stream.write(self.render() + end)
+      self.stream.flush()
+
+  def close(self):
+    if self._tty:
+      self.stream.write("\n")
+      self.stream.flush()
+
+
+def _atomic_write(path: str, text: str) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  with os.fdopen(fd, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _to_jsonable(obj):
+  if isinstance(obj, Mapping):
+    return {str(k): _to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_to_jsonable(v) for v in obj]
+  if isinstance(obj, (np.ndarray, jax.Array)):
+    return _to_jsonable(np.asarray(obj).tolist())
+  if isinstance(obj, (np.floating,)):
+    obj = float(obj)
+  if isinstance(obj, (np.integer,)):
+    return int(obj)
+  if isinstance(obj, (np.bool_,)):
+    return bool(obj)
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+  return obj
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes ``obj`` as indented JSON, atomically; arrays become lists, NaN null."""
+  _atomic_write(path, json.dumps(_to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]], fieldnames: Iterable[str] | None = None) -> None:
+  """Writes a list of dicts as CSV, atomically."""
+  rows = [dict(_to_jsonable(r)) for r in rows]
+  if fieldnames is None:
+    fieldnames = []
+    for r in rows:
+      fieldnames.extend(k for k in r if k not in fieldnames)
+  import io
+
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=list(fieldnames))
+  writer.writeheader()
+  writer.writerows(rows)
+  _atomic_write(path, buf.getvalue())
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+  """A GitHub markdown table from a list of dicts."""
+  if not rows:
+    return ""
+  columns = list(columns or rows[0].keys())
+
+  def fmt(v):
+    if isinstance(v, float):
+      return f"{v:.4g}"
+    return str(v)
+
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  for r in rows:
+    lines.append("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |")
+  return "\n".join(lines)
+
+
+def batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> np.ndarray:
+  """A shuffled ``(num_batches, batch_size)`` index array (drops the remainder)."""
+  if batch_size < 1 or batch_size > num_examples:
+    raise ValueError(
+        f"batch_size must be in [1, {num_examples}] (the number of examples),"
+        f" got {batch_size}."
+    )
+  perm = np.asarray(jax.random.permutation(key, num_examples))
+  nb = num_examples // batch_size
+  return perm[: nb * batch_size].reshape(nb, batch_size)
+
+
+def save_figure(fig, path: str) -> None:
+  """Saves a matplotlib figure as PNG, atomically."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
+  os.close(fd)
+  fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+  os.replace(tmp, path)
+
+
+def pyplot():
+  """matplotlib.pyplot with the non-interactive Agg backend (lazy import)."""
+  try:
+    import matplotlib
+  except ImportError as e:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "Plots need matplotlib: pip install 'urnn_jax[plots]'."
+    ) from e
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
