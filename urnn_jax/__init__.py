@@ -11,7 +11,9 @@ The public API, by name:
 """
 
 from urnn_jax import initializers
+from urnn_jax import optim
 from urnn_jax import orthogonal
+from urnn_jax import theory
 from urnn_jax.cells import OrthogonalRNNCell
 from urnn_jax.cells import RNNCell
 from urnn_jax.cells import rebase
@@ -41,9 +43,11 @@ __all__ = [
     "from_rnn_params",
     "get_activation",
     "initializers",
+    "optim",
     "orthogonal",
     "rebase",
     "recurrence",
     "simulate",
+    "theory",
     "to_rnn_params",
 ]

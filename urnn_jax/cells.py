@@ -155,6 +155,10 @@ class OrthogonalRNNCell(_HoistableCell):
     :func:`rebase`). A is initialised by ``generator_init`` (default zeros,
     so W starts at ``base``).
 
+  With a parametrisation, ``flax.linen.RNN`` must also broadcast the
+  ``constants`` collection: ``nn.RNN(cell, variable_broadcast=("params",
+  "constants"))`` (:class:`urnn_jax.Recurrent` needs nothing).
+
   Attributes:
     features: hidden size n.
     activation: see :class:`RNNCell`.

@@ -85,7 +85,8 @@ def _rotation_blocks(angles, n, dtype):
   batch = angles.shape[:-1]
   w = jnp.broadcast_to(jnp.eye(n, dtype=dtype), batch + (n, n))
   idx = jnp.arange(angles.shape[-1])
-  c, s = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+  angles = angles.astype(dtype)  # trig in the target precision: exactly orthogonal
+  c, s = jnp.cos(angles), jnp.sin(angles)
   w = w.at[..., 2 * idx, 2 * idx].set(c)
   w = w.at[..., 2 * idx + 1, 2 * idx + 1].set(c)
   w = w.at[..., 2 * idx, 2 * idx + 1].set(s)
@@ -139,7 +140,7 @@ def cayley(*, skew: bool = False):
     n = shape[-1]
     t = jax.random.uniform(key, shape[:-2] + (n // 2,), jnp.float32, 0.0, jnp.pi / 2)
     if skew:
-      return _block_skew(2.0 * jnp.tan(t / 2), n, dtype)
+      return _block_skew(2.0 * jnp.tan(t.astype(dtype) / 2), n, dtype)
     return _rotation_blocks(t, n, dtype)
 
   return init

@@ -81,9 +81,22 @@ def expm_skew(a) -> Array:
   return jax.vmap(jax.scipy.linalg.expm)(flat).reshape(a.shape)
 
 
+def _newton_schulz_step(x: Array, g: Array | None = None) -> Array:
+  """One Newton-Schulz polar step X <- X (3I - X^H X) / 2 (``g`` = X^H X if known)."""
+  if g is None:
+    g = _ct(x) @ x
+  return x @ (1.5 * _eye_like(x) - 0.5 * g)
+
+
 def _project_svd(w: Array) -> Array:
+  """U V^H from the SVD W = U S V^H, then one Newton-Schulz step.
+
+  The extra step (two matmuls) leaves the polar factor unchanged but removes
+  the orthogonality lost to rounding in U and V (in float32 at n = 64,
+  ||Q^H Q - I||_F drops from about 1e-5 to about 2e-6).
+  """
   u, _, vh = jnp.linalg.svd(w, full_matrices=False)
-  return u @ vh
+  return _newton_schulz_step(u @ vh)
 
 
 def _project_qdwh(w: Array) -> Array:
@@ -95,83 +108,130 @@ def _project_qdwh(w: Array) -> Array:
 
 
 def _project_newton_schulz(w: Array, tol, max_iters: int) -> Array:
-  """Newton-Schulz polar iteration X <- X (3I - X^H X) / 2, run to a tolerance.
+  r"""Newton-Schulz polar iteration X <- X (3I - X^H X) / 2, run to a tolerance.
 
-  X_0 = W / sqrt(||W||_1 ||W||_inf) has all singular values in (0, 1], inside
-  the basin (0, sqrt(3)) of the iteration, which converges quadratically to
-  the polar factor once they are near 1. The loop stops when
-  ||X^H X - I||_F <= tol for every matrix in the batch, when it stops
-  improving (the floating-point floor), or after ``max_iters`` steps.
+  Each singular value follows s <- s (3 - s^2) / 2, which converges to 1 for
+  every s in (0, sqrt(3)), quadratically near 1; the singular vectors are
+  kept, so the limit is the polar factor U V^H.
+
+  Start: X_0 = W / alpha with alpha = max(1, b / 1.5), where b is the
+  smallest of three upper bounds on ||W||_2: sqrt(||W||_1 ||W||_inf),
+  sqrt(1 + ||W^H W - I||_F) and sqrt(1 + ||W^H W - I||_1). So the singular
+  values of X_0 are at most 1.5 < sqrt(3), and a W already near the group
+  (an optimiser step away from it) is not scaled at all, which saves the
+  slow first phase of the iteration.
+
+  Stops, checked on the largest error over the batch, when
+  ||X^H X - I||_F <= tol, after ``max_iters`` steps, or at the
+  floating-point floor: once the error is below 0.5 each exact step shrinks
+  it by a factor of at least 0.57, so a step that does not shrink it by 0.75
+  is rounding noise.
   """
   n = w.shape[-1]
-  eps = jnp.finfo(w.dtype).eps
+  if w.size == 0:
+    return w
+  eps = float(jnp.finfo(w.dtype).eps)
   if tol is None:
-    tol = 10.0 * n * float(eps)
-  abs_w = jnp.abs(w)
-  norm1 = jnp.max(jnp.sum(abs_w, axis=-2), axis=-1)
-  norminf = jnp.max(jnp.sum(abs_w, axis=-1), axis=-1)
-  scale = jnp.sqrt(norm1 * norminf)
-  scale = jnp.where(scale > 0, scale, 1.0)
-  x0 = w / scale[..., None, None].astype(w.dtype)
+    tol = (n ** 0.5) * eps
   eye = _eye_like(w)
   real = jnp.finfo(w.dtype).dtype
 
-  def err_of(x):
-    g = _ct(x) @ x
-    return g, jnp.max(jnp.linalg.norm(g - eye, axis=(-2, -1)))
+  g_w = _ct(w) @ w
+  e_w = g_w - eye
+  abs_w = jnp.abs(w)
+  bound_1inf = jnp.sqrt(
+      jnp.max(jnp.sum(abs_w, axis=-2), axis=-1) * jnp.max(jnp.sum(abs_w, axis=-1), axis=-1)
+  )
+  bound_fro = jnp.sqrt(1.0 + jnp.linalg.norm(e_w, axis=(-2, -1)))
+  bound_one = jnp.sqrt(1.0 + jnp.max(jnp.sum(jnp.abs(e_w), axis=-2), axis=-1))
+  bound = jnp.minimum(bound_1inf, jnp.minimum(bound_fro, bound_one))
+  alpha = jnp.maximum(1.0, bound / 1.5).astype(real)
+  x0 = w / alpha[..., None, None].astype(w.dtype)
+  g0 = g_w / (alpha**2)[..., None, None].astype(w.dtype)
+
+  def err_of(g):
+    return jnp.max(jnp.linalg.norm(g - eye, axis=(-2, -1)))
 
   def cond(state):
     _, _, err, prev_err, it = state
-    return (err > tol) & (err < prev_err) & (it < max_iters)
+    at_floor = (prev_err < 0.5) & (err > 0.75 * prev_err)
+    return (err > tol) & (it < max_iters) & ~at_floor
 
   def body(state):
     x, g, err, _, it = state
-    x = x @ (1.5 * eye - 0.5 * g)
-    g_new, err_new = err_of(x)
-    return x, g_new, err_new, err, it + 1
+    x = _newton_schulz_step(x, g)
+    g = _ct(x) @ x
+    return x, g, err_of(g), err, it + 1
 
-  g0, err0 = err_of(x0)
-  state = (x0, g0, err0, jnp.asarray(jnp.inf, real), jnp.asarray(0))
+  state = (x0, g0, err_of(g0), jnp.asarray(jnp.inf, real), jnp.asarray(0))
   x, *_ = lax.while_loop(cond, body, state)
   return x
 
 
-def project(w, method: str = "svd", *, tol: float | None = None, max_iters: int = 100) -> Array:
-  """The nearest orthogonal (unitary) matrix: the polar factor U V^H.
+def project(
+    w, method: str = "svd", *, tol: float | None = None, max_iters: int = 100
+) -> Array:
+  r"""The nearest orthogonal (unitary) matrix: the polar factor U V^H.
+
+  .. math:: \operatorname{project}(W) = \arg\min_{Q^H Q = I} \|W - Q\|_F
+            = U V^H, \quad W = U S V^H.
 
   Args:
     w: ``(..., n, n)`` real or complex matrices.
     method: ``"svd"`` (the paper's), ``"newton_schulz"`` (matmul-only, run to
       ``tol``; for accelerators) or ``"qdwh"`` (``jax.scipy.linalg.polar``).
     tol: Newton-Schulz stopping tolerance on ||X^H X - I||_F (default
-      ``10 n eps``); ignored by the other methods.
+      ``sqrt(n) eps``, below the rounding floor, so by default it runs until
+      rounding stops it); ignored by the other methods.
     max_iters: Newton-Schulz iteration cap.
+
+  Raises:
+    ValueError: for a non-square ``w``, an unknown ``method``, a
+      non-positive ``tol`` or ``max_iters``.
   """
   w = _as_square("project", w)
+  if method not in PROJECTION_METHODS:
+    raise ValueError(
+        f"project: method={method!r} is not supported; expected one of"
+        f" {PROJECTION_METHODS}."
+    )
+  if tol is not None and not tol > 0:
+    raise ValueError(f"project: tol must be None or > 0, got tol={tol!r}.")
+  if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+    raise ValueError(
+        f"project: max_iters must be a positive int, got max_iters={max_iters!r}."
+    )
   if method == "svd":
     return _project_svd(w)
   if method == "newton_schulz":
     return _project_newton_schulz(w, tol, max_iters)
-  if method == "qdwh":
-    return _project_qdwh(w)
-  raise ValueError(
-      f"project: method={method!r} is not supported; expected one of"
-      f" {PROJECTION_METHODS}."
-  )
+  return _project_qdwh(w)
 
 
 def clip_singular_values(w, max_value: float = 1.0) -> Array:
-  """Projection onto {||W||_2 <= max_value}: singular values clipped at it.
+  r"""Projection onto {||W||_2 <= rho}: singular values clipped at rho.
+
+  .. math:: W = U S V^H \mapsto U \min(S, \rho) V^H .
 
   This is the Frobenius-nearest matrix with spectral norm at most
-  ``max_value``; matrices already inside the set are returned unchanged (up
-  to rounding).
+  ``max_value`` (rho). A matrix already inside the set is returned exactly
+  unchanged. U and V get one Newton-Schulz step each before the product is
+  formed: in float32 their loss of orthogonality would otherwise leave the
+  result's norm about 1e-6 (relative) above rho; with it, it stays within
+  about 4e-7.
+
+  Raises:
+    ValueError: for a non-square ``w`` or ``max_value`` not > 0.
   """
   w = _as_square("clip_singular_values", w)
-  if not max_value > 0:
+  if isinstance(max_value, bool) or not max_value > 0:
     raise ValueError(
-        f"clip_singular_values: max_value must be > 0, got {max_value!r}."
+        f"clip_singular_values: max_value must be > 0, got max_value={max_value!r}."
     )
   u, s, vh = jnp.linalg.svd(w, full_matrices=False)
-  s = jnp.minimum(s, jnp.asarray(max_value, s.dtype))
-  return (u * s[..., None, :].astype(w.dtype)) @ vh
+  rho = jnp.asarray(max_value, s.dtype)
+  u = _newton_schulz_step(u)
+  vh = _newton_schulz_step(vh)
+  clipped = (u * jnp.minimum(s, rho)[..., None, :].astype(w.dtype)) @ vh
+  inside = (s[..., 0] <= rho)[..., None, None]
+  return jnp.where(inside, w, clipped)

@@ -12,6 +12,7 @@ step before it is called, so only ``h @ K`` runs inside ``lax.scan``.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple, Union
 
 import jax
@@ -146,6 +147,120 @@ def check_params(params: RNNParams) -> None:
     )
 
 
+# ---------------------------------------------------------------------------
+# The scan kernel and its derivative rule.
+#
+# Plain autodiff through ``lax.scan`` of h(k) = phi(h(k-1) K + z(k)) saves
+# its residuals step by step and accumulates dK += h(k-1)^T delta(k) inside
+# the transposed loop. ``_recurrence`` has a custom VJP instead:
+#
+#   forward:  the same loop; the residuals are the states hs it outputs anyway
+#             (plus the pre-activations, for a callable activation);
+#   backward: a reverse loop whose carry is only
+#                 delta(k-1) = (phi'(a(k)) * (delta(k) + g(k))) K^T,
+#             with phi'(a(k)) computed in the loop from h(k) (or from a(k)),
+#             emitting da(k) = phi'(a(k)) * (delta(k) + g(k)) = dL/dz(k);
+#             then dK = sum_k h(k-1)^T da(k) is ONE matmul over all steps,
+#             and so are dF and db upstream (their z = x F^T + b is hoisted).
+#
+# A custom VJP rules out pure forward mode: jax.jvp and jax.jacfwd raise
+# JAX's TypeError ("can't apply forward-mode autodiff (jvp) to a custom_vjp
+# function"); ``recurrence(..., custom_gradient=False)`` differentiates the
+# plain loop instead. Reverse mode of any order and forward-over-reverse
+# (jax.hessian) work: the backward pass is itself differentiable JAX code.
+# ---------------------------------------------------------------------------
+
+
+def _derivative_from_output(phi):
+  """phi' as a function of h = phi(a) for the built-in activations, else None.
+
+  Each matches JAX's own derivative rule, including at kinks.
+  """
+  if phi is jax.nn.relu:
+    # jax.nn.relu: derivative 0 at a = 0; h > 0 <=> a > 0.
+    return lambda h: (h > 0).astype(h.dtype)
+  if phi is jnp.tanh:
+    return lambda h: (1 + h) * (1 - h)
+  if phi is jax.nn.sigmoid:
+    return lambda h: h * (1 - h)
+  if phi is _leaky_relu:
+    # where(a >= 0, a, 0.01 a): derivative 1 at a = 0; h >= 0 <=> a >= 0.
+    return lambda h: jnp.where(h >= 0, 1.0, 0.01).astype(h.dtype)
+  if phi is _identity:
+    return lambda h: None
+  return None
+
+
+def _forward_loop(phi, unroll, kernel, z, h0, valid, save_preactivations=False):
+  """The forward loop over axis 0; ``valid`` is None or bool ``(T, *batch, 1)``."""
+
+  def step(h, inputs):
+    z_k, v_k = inputs
+    a = h @ kernel + z_k
+    h_new = phi(a)
+    if v_k is None:
+      h, out = h_new, h_new
+    else:
+      h = jnp.where(v_k, h_new, h)
+      out = jnp.where(v_k, h_new, jnp.zeros_like(h_new))
+    return h, ((out, a) if save_preactivations else out)
+
+  return lax.scan(step, h0, (z, valid), unroll=unroll)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recurrence(phi, unroll, kernel, z, h0, valid):
+  return _forward_loop(phi, unroll, kernel, z, h0, valid)
+
+
+def _recurrence_fwd(phi, unroll, kernel, z, h0, valid):
+  if _derivative_from_output(phi) is not None:
+    h_last, hs = _forward_loop(phi, unroll, kernel, z, h0, valid)
+    pre = None
+  else:
+    h_last, (hs, pre) = _forward_loop(
+        phi, unroll, kernel, z, h0, valid, save_preactivations=True
+    )
+  return (h_last, hs), (kernel, h0, hs, pre, valid)
+
+
+def _recurrence_bwd(phi, unroll, residuals, cotangents):
+  kernel, h0, hs, pre, valid = residuals
+  g_last, g = cotangents
+  dphi = _derivative_from_output(phi)
+  kernel_t = kernel.T
+
+  def step(delta, inputs):
+    g_k, h_k, a_k, v_k = inputs
+    ct = delta + g_k
+    if dphi is not None:
+      d_k = dphi(h_k)
+      da = ct if d_k is None else d_k * ct
+    else:
+      # Any elementwise callable, real or complex: its own VJP at a(k).
+      da = jax.vjp(phi, a_k)[1](ct)[0]
+    if v_k is None:
+      return da @ kernel_t, da
+    da = jnp.where(v_k, da, jnp.zeros_like(da))
+    return jnp.where(v_k, da @ kernel_t, delta), da
+
+  xs = (g, hs if dphi is not None else None, pre, valid)
+  dh0, dz = lax.scan(step, g_last, xs, reverse=True, unroll=unroll)
+  # dK = sum_k h(k-1)^T da(k): one contraction over time and batch. With
+  # lengths, a valid step's predecessor is valid too (the mask is a prefix),
+  # so h(k-1) = hs[k-1]; invalid steps have da(k) = 0.
+  axes = tuple(range(hs.ndim - 1))
+  if hs.shape[0] == 0:
+    dkernel = jnp.zeros_like(kernel)
+  else:
+    dkernel = jnp.tensordot(hs[:-1], dz[1:], axes=(axes, axes))
+    dkernel = dkernel + jnp.tensordot(h0, dz[0], axes=(axes[:-1], axes[:-1]))
+  return dkernel, dz, dh0, None
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
 def recurrence(
     kernel: Array,
     z: Array,
@@ -154,48 +269,56 @@ def recurrence(
     *,
     lengths: Array | None = None,
     unroll: int = 1,
+    custom_gradient: bool = True,
 ) -> tuple[Array, Array]:
   """Runs h(k) = phi(h(k-1) @ kernel + z(k)) over a time-major sequence.
 
   This is the scan kernel under :func:`simulate` and :class:`Recurrent`.
   ``z`` holds the already-projected inputs ``x(k) F^T + b`` for every step.
 
+  Its gradient is a custom VJP: the backward loop carries only
+  ``delta(k-1) = (phi'(a(k)) * (delta(k) + g(k))) @ kernel.T`` and the
+  gradient of ``kernel`` is one matmul over all steps after the loop. The
+  values are those of plain autodiff through ``lax.scan`` (to rounding);
+  ``jit``, ``vmap``, reverse mode of any order and ``jax.hessian``
+  (forward-over-reverse) work; pure forward mode (``jax.jvp``,
+  ``jax.jacfwd``) raises ``TypeError``: pass ``custom_gradient=False`` for it.
+
   Args:
     kernel: ``(n, n)`` recurrent kernel in the row-vector (Flax) convention,
       i.e. ``W.T`` in the paper's notation.
     z: ``(T, *batch, n)`` projected inputs, time-major.
     h0: initial state, broadcastable to ``(*batch, n)``.
-    activation: name or callable.
+    activation: name or elementwise callable. A callable's derivative is
+      taken with ``jax.jvp`` at the pre-activations.
     lengths: optional int ``(*batch,)`` sequence lengths. Past a sequence's
       end the state is frozen and the output is zero.
-    unroll: ``lax.scan`` unroll factor.
+    unroll: ``lax.scan`` unroll factor (of the forward and backward loops).
+    custom_gradient: ``False`` differentiates the plain ``lax.scan`` instead:
+      slower, but forward mode works (and it is the tests' reference).
 
   Returns:
     ``(h_last, hs)``: the final state ``(*batch, n)`` (the state at step
     ``length - 1`` when ``lengths`` is given) and all states ``(T, *batch, n)``.
   """
   phi = get_activation(activation)
-  h0 = jnp.broadcast_to(h0, z.shape[1:]).astype(jnp.result_type(z, kernel, h0))
+  kernel, z, h0 = jnp.asarray(kernel), jnp.asarray(z), jnp.asarray(h0)
+  dtype = jnp.result_type(z, kernel, h0)
+  kernel = kernel.astype(dtype)
+  z = z.astype(dtype)
+  h0 = jnp.broadcast_to(h0, z.shape[1:]).astype(dtype)
 
-  if lengths is None:
+  valid = None
+  if lengths is not None:
+    lengths = jnp.asarray(lengths)
+    valid = jnp.arange(z.shape[0]).reshape((-1,) + (1,) * lengths.ndim) < lengths
+    # (T, *batch, 1) up to broadcasting: lengths align with the trailing batch axes.
+    pad = (1,) * max(z.ndim - 2 - lengths.ndim, 0)
+    valid = valid.reshape(valid.shape[:1] + pad + valid.shape[1:] + (1,))
 
-    def step(h, z_k):
-      h = phi(h @ kernel + z_k)
-      return h, h
-
-    return lax.scan(step, h0, z, unroll=unroll)
-
-  lengths = jnp.asarray(lengths)
-  valid = jnp.arange(z.shape[0]).reshape((-1,) + (1,) * lengths.ndim) < lengths
-  valid = valid[..., None]  # (T, *batch, 1)
-
-  def masked_step(h, inputs):
-    z_k, v_k = inputs
-    h_new = phi(h @ kernel + z_k)
-    h = jnp.where(v_k, h_new, h)
-    return h, jnp.where(v_k, h_new, jnp.zeros_like(h_new))
-
-  return lax.scan(masked_step, h0, (z, valid), unroll=unroll)
+  if not custom_gradient:
+    return _forward_loop(phi, unroll, kernel, z, h0, valid)
+  return _recurrence(phi, unroll, kernel, z, h0, valid)
 
 
 def simulate(

@@ -1,0 +1,422 @@
+"""Tests of urnn_jax.optim: the optax orthogonality constraints."""
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see tests/test_orthogonal.py
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import pytest  # noqa: E402
+
+import urnn_jax  # noqa: E402
+from urnn_jax import initializers, optim, orthogonal  # noqa: E402
+
+KEY = jax.random.key(0)
+
+# Every constraint onto the group; retractions re-project against float32 drift.
+GROUP_CONSTRAINTS = {
+    "projection_svd": lambda: optim.orthogonal_projection("svd"),
+    "projection_newton_schulz": lambda: optim.orthogonal_projection("newton_schulz"),
+    "projection_qdwh": lambda: optim.orthogonal_projection("qdwh"),
+    "cayley": lambda: optim.cayley_retraction(reproject_every=100),
+    "expm": lambda: optim.expm_retraction(reproject_every=100),
+}
+ALL_CONSTRAINTS = dict(GROUP_CONSTRAINTS, spectral_norm=lambda: optim.spectral_norm_projection(1.0))
+
+
+def _haar(shape, dtype=jnp.float32, seed=0):
+  return initializers.haar()(jax.random.key(seed), shape, dtype)
+
+
+def _random_adam_run(constraint, w0, steps, lr=1e-2):
+  """``steps`` Adam steps with random N(0, 1) gradients, in one jitted scan."""
+  tx = optax.chain(optax.adam(lr), constraint)
+
+  @jax.jit
+  def run(w):
+    def body(carry, key):
+      w, state = carry
+      g = jax.random.normal(key, w.shape, w.dtype)
+      u, state = tx.update(g, state, w)
+      return (optax.apply_updates(w, u), state), None
+
+    carry, _ = jax.lax.scan(body, (w, tx.init(w)), jax.random.split(KEY, steps))
+    return carry[0]
+
+  return run(w0)
+
+
+def _tangent_projection(w, u):
+  """P_W(u) = W skew(W^H u), the tangent-space projection at W."""
+  return w @ orthogonal.skew(jnp.conj(w.T) @ u)
+
+
+# --------------------------------------------------------------------------
+# Long runs: the constraints hold after 10,000 float32 Adam steps.
+
+
+@pytest.mark.parametrize("name", sorted(GROUP_CONSTRAINTS))
+def test_stays_orthogonal_for_10000_adam_steps(name):
+  w0 = _haar((64, 64))
+  w = _random_adam_run(GROUP_CONSTRAINTS[name](), w0, 10_000)
+  assert w.dtype == jnp.float32
+  assert np.abs(np.asarray(w) - np.asarray(w0)).max() > 0.1  # it did move
+  w64 = np.asarray(w, np.float64)
+  assert np.linalg.norm(w64.T @ w64 - np.eye(64)) < 1e-5
+
+
+def test_spectral_norm_stays_in_the_ball_for_10000_adam_steps():
+  rho = 0.9
+  w0 = rho * _haar((64, 64))
+  w = _random_adam_run(optim.spectral_norm_projection(rho), w0, 10_000)
+  norm = np.linalg.norm(np.asarray(w, np.float64), 2)
+  assert norm <= rho * (1 + 1e-6)
+  assert norm >= rho * (1 - 1e-3)  # the constraint was active
+  assert orthogonal.orthogonality_error(w) > 1.0  # and W is not orthogonal
+
+
+@pytest.mark.parametrize("name", ["cayley", "expm"])
+def test_retractions_drift_without_reprojection_and_reprojection_removes_it(name):
+  factory = {"cayley": optim.cayley_retraction, "expm": optim.expm_retraction}[name]
+  w0 = _haar((64, 64))
+  drift = orthogonal.orthogonality_error(_random_adam_run(factory(), w0, 1000))
+  fixed = orthogonal.orthogonality_error(_random_adam_run(factory(reproject_every=50), w0, 1000))
+  assert drift < 1e-3  # the retraction itself stays close to the group...
+  assert fixed < 1e-5  # ...and the re-projection brings it back to rounding level.
+  assert fixed < drift
+
+
+# --------------------------------------------------------------------------
+# One step: the exact maps.
+
+
+def test_projection_step_is_the_polar_factor(x64):
+  w = _haar((8, 8), jnp.float64)
+  u = 0.1 * jax.random.normal(KEY, (8, 8), jnp.float64)
+  for method in orthogonal.PROJECTION_METHODS:
+    tx = optim.orthogonal_projection(method)
+    out, state = tx.update(u, tx.init(w), w)
+    assert state == optax.EmptyState()
+    np.testing.assert_allclose(w + out, orthogonal.project(w + u, "svd"), rtol=0, atol=1e-12)
+
+
+def test_spectral_norm_step_is_the_clip(x64):
+  w = 0.5 * _haar((8, 8), jnp.float64)
+  u = jax.random.normal(KEY, (8, 8), jnp.float64)
+  tx = optim.spectral_norm_projection(0.7)
+  out, _ = tx.update(u, tx.init(w), w)
+  np.testing.assert_allclose(w + out, orthogonal.clip_singular_values(w + u, 0.7), rtol=0, atol=1e-12)
+  # A step that stays inside the ball is passed through unchanged.
+  small = 1e-3 * u
+  out, _ = tx.update(small, tx.init(w), w)
+  np.testing.assert_allclose(out, small, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["cayley", "expm"])
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.complex128])
+def test_retraction_step(x64, name, dtype):
+  factory = {"cayley": optim.cayley_retraction, "expm": optim.expm_retraction}[name]
+  tx = factory()
+  w = _haar((6, 6), dtype)
+  u = jax.random.normal(KEY, (6, 6), jnp.float64).astype(dtype)
+  if dtype == jnp.complex128:
+    u = u + 1j * jax.random.normal(jax.random.key(1), (6, 6))
+  a = orthogonal.skew(u @ jnp.conj(w.T))
+  ref = orthogonal.cayley(a) @ w if name == "cayley" else orthogonal.expm_skew(a) @ w
+  out, state = tx.update(u, tx.init(w), w)
+  np.testing.assert_allclose(w + out, ref, rtol=0, atol=1e-12)
+  assert orthogonal.orthogonality_error(w + out) < 1e-12
+  assert int(state.count) == 1
+  # First-order term = tangent projection of u (so the step descends with u):
+  # the remainder is O(|u|^2), it shrinks 4x when u is halved.
+  rem = []
+  for scale in (1e-3, 5e-4):
+    out, _ = tx.update(scale * u, tx.init(w), w)
+    rem.append(np.linalg.norm(out - _tangent_projection(w, scale * u)))
+  np.testing.assert_allclose(rem[0] / rem[1], 4.0, rtol=0.05)
+  assert rem[0] < np.linalg.norm(1e-3 * u) ** 2
+  assert np.real(np.vdot(out, u)) > 0
+
+
+def test_reproject_every_counts_steps(x64):
+  w = _haar((6, 6), jnp.float64)
+  u = 0.1 * jax.random.normal(KEY, (6, 6), jnp.float64)
+  tx = optim.cayley_retraction(reproject_every=3)
+  plain = optim.cayley_retraction()
+  state = tx.init(w)
+  for step in range(1, 7):
+    out, state = tx.update(u, state, w)
+    ref, _ = plain.update(u, plain.init(w), w)
+    assert int(state.count) == step
+    expected = orthogonal.project(w + ref) if step % 3 == 0 else w + ref
+    np.testing.assert_allclose(w + out, expected, rtol=0, atol=1e-13)
+
+
+# --------------------------------------------------------------------------
+# Orthogonal Procrustes: Adam + each constraint finds the SVD solution.
+
+
+def _procrustes(dtype, n=8, num=32):
+  complex_ = jnp.issubdtype(dtype, jnp.complexfloating)
+  q = _haar((n, n), dtype, seed=1)
+  k1, k2 = jax.random.split(jax.random.key(2))
+  x = jax.random.normal(k1, (n, num))
+  if complex_:
+    x = x + 1j * jax.random.normal(k2, (n, num))
+  x = x.astype(dtype)
+  y = q @ x
+  # Known solution: the polar factor of Y X^H.
+  u, _, vh = np.linalg.svd(np.asarray(y @ jnp.conj(x.T)))
+  return x, y, u @ vh
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CONSTRAINTS))
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.complex128])
+def test_adam_plus_constraint_solves_procrustes(x64, name, dtype):
+  x, y, w_star = _procrustes(dtype)
+  n = w_star.shape[0]
+  if name == "spectral_norm":
+    w0 = jnp.zeros((n, n), dtype)
+  else:
+    # Start in the connected component of the solution (det = +-1 cannot be
+    # crossed by small steps on O(n)).
+    w0 = jnp.eye(n, dtype=dtype)
+    if np.real(np.linalg.det(w_star)) < 0:
+      w0 = w0.at[:, 0].multiply(-1)
+  steps = 1000
+  tx = optax.chain(optax.adam(optax.exponential_decay(1e-1, steps, 1e-3)), ALL_CONSTRAINTS[name]())
+
+  def loss(w):
+    return jnp.sum(jnp.abs(w @ x - y) ** 2) / x.shape[1]
+
+  @jax.jit
+  def run(w):
+    def body(carry, _):
+      w, state = carry
+      g = jnp.conj(jax.grad(loss)(w))  # descent direction convention for complex
+      u, state = tx.update(g, state, w)
+      return (optax.apply_updates(w, u), state), None
+
+    carry, _ = jax.lax.scan(body, (w, tx.init(w)), None, length=steps)
+    return carry[0]
+
+  w = run(w0)
+  assert loss(w0) > 1.0
+  np.testing.assert_allclose(np.asarray(w), w_star, rtol=0, atol=1e-8)
+  if name != "spectral_norm":
+    assert orthogonal.orthogonality_error(w) < 1e-12
+
+
+# --------------------------------------------------------------------------
+# Batched (stacked) leaves, jit, complex leaves.
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CONSTRAINTS))
+def test_stacked_leaves_equal_per_matrix_updates(name):
+  w = 1.01 * _haar((3, 2, 16, 16))
+  u = 0.05 * jax.random.normal(KEY, w.shape)
+  tx = ALL_CONSTRAINTS[name]()
+  one_update = jax.jit(lambda u_, w_: tx.update(u_, tx.init(w_), w_)[0])
+  batched = one_update(u, w)
+  assert batched.shape == w.shape
+  for i in range(3):
+    for j in range(2):
+      np.testing.assert_allclose(batched[i, j], one_update(u[i, j], w[i, j]), rtol=0, atol=2e-5)
+  # Same under jax.vmap of the whole update (e.g. 30 realizations).
+  vmapped = jax.jit(jax.vmap(one_update))(u, w)
+  np.testing.assert_allclose(vmapped, batched, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CONSTRAINTS))
+def test_jit_matches_eager(name):
+  params = {"a": _haar((2, 8, 8)), "b": {"c": _haar((2, 8, 8), seed=3)}}
+  updates = jax.tree.map(lambda p: 0.1 * jax.random.normal(KEY, p.shape), params)
+  tx = ALL_CONSTRAINTS[name]()
+  state = tx.init(params)
+  eager, s1 = tx.update(updates, state, params)
+  jitted, s2 = jax.jit(tx.update)(updates, state, params)
+  jax.tree.map(lambda e, j: np.testing.assert_allclose(j, e, rtol=0, atol=1e-5), eager, jitted)
+  assert jax.tree.structure(s1) == jax.tree.structure(s2)
+  new = optax.apply_updates(params, jitted)
+  if name != "spectral_norm":
+    assert max(jax.tree.leaves(jax.tree.map(lambda w: jnp.max(orthogonal.orthogonality_error(w)), new))) < 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(GROUP_CONSTRAINTS))
+def test_complex_unitary_leaves_stay_unitary(name):
+  w0 = _haar((32, 32), jnp.complex64)
+  tx = optax.chain(optax.adam(1e-2), GROUP_CONSTRAINTS[name]())
+
+  @jax.jit
+  def run(w):
+    def body(carry, key):
+      w, state = carry
+      kr, ki = jax.random.split(key)
+      g = jax.random.normal(kr, w.shape) + 1j * jax.random.normal(ki, w.shape)
+      u, state = tx.update(g.astype(w.dtype), state, w)
+      return (optax.apply_updates(w, u), state), None
+
+    carry, _ = jax.lax.scan(body, (w, tx.init(w)), jax.random.split(KEY, 300))
+    return carry[0]
+
+  w = run(w0)
+  assert w.dtype == jnp.complex64
+  assert np.abs(np.asarray(w - w0)).max() > 0.05
+  assert np.max(np.abs(np.imag(np.asarray(w)))) > 0.05
+  assert orthogonal.orthogonality_error(w) < 1e-5
+
+
+# --------------------------------------------------------------------------
+# Labels, masks and constrained().
+
+
+def _model_params():
+  x = jnp.ones((2, 7, 2))
+  model = urnn_jax.SequenceRegressor(urnn_jax.OrthogonalRNNCell(8), 2)
+  return model, model.init(KEY, x)["params"], x
+
+
+def test_recurrent_kernel_mask_and_labels():
+  _, params, _ = _model_params()
+  mask = optim.recurrent_kernel_mask(params)
+  assert mask == {
+      "rnn": {"cell": {"input": {"kernel": False, "bias": False}, "recurrent_kernel": True}},
+      "readout": {"kernel": False},
+  }
+  labels = optim.recurrent_kernel_labels(params)
+  assert labels["rnn"]["cell"]["recurrent_kernel"] == "constrained"
+  assert labels["readout"]["kernel"] == "free"
+  # A regex on the "/"-joined path, and a predicate.
+  assert optim.recurrent_kernel_mask(params, match=r"^readout/")["readout"]["kernel"] is True
+  assert optim.recurrent_kernel_mask(params, match=r"^readout/")["rnn"]["cell"]["recurrent_kernel"] is False
+  pred = optim.recurrent_kernel_mask(params, match=lambda path, leaf: leaf.ndim == 1)
+  assert pred["rnn"]["cell"]["input"]["bias"] is True
+  assert sum(jax.tree.leaves(pred)) == 1
+
+
+def test_constrained_touches_only_the_labelled_leaves():
+  _, params, _ = _model_params()
+  grads = jax.tree.map(lambda p: jax.random.normal(KEY, p.shape), params)
+  adam = optax.adam(1e-1)
+  tx = optim.constrained(optax.adam(1e-1), optim.orthogonal_projection())
+  plain, _ = jax.jit(adam.update)(grads, adam.init(params), params)
+  out, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  # Unlabelled leaves get Adam's update (up to XLA fusion rounding).
+  for path in [("rnn", "cell", "input", "kernel"), ("rnn", "cell", "input", "bias"), ("readout", "kernel")]:
+    a, b = plain, out
+    for k in path:
+      a, b = a[k], b[k]
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=0)
+  k_plain = plain["rnn"]["cell"]["recurrent_kernel"]
+  k_out = out["rnn"]["cell"]["recurrent_kernel"]
+  assert np.abs(np.asarray(k_out - k_plain)).max() > 1e-3
+  new = optax.apply_updates(params, out)
+  assert orthogonal.orthogonality_error(new["rnn"]["cell"]["recurrent_kernel"]) < 1e-5
+  # Same as the optax.partition spelling with recurrent_kernel_labels.
+  part = optax.partition(
+      {"constrained": optax.chain(optax.adam(1e-1), optim.orthogonal_projection()), "free": optax.adam(1e-1)},
+      optim.recurrent_kernel_labels,
+  )
+  out2, _ = part.update(grads, part.init(params), params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6), out, out2)
+
+
+def test_constrained_training_of_the_model_stacked_over_realizations():
+  """Paper setup in miniature: params vmapped over 3 realizations, SVD projection."""
+  model, _, x = _model_params()
+  params = jax.vmap(lambda k: model.init(k, x)["params"])(jax.random.split(KEY, 3))
+  y = jnp.sin(jnp.cumsum(x, axis=-2))
+  tx = optim.constrained(optax.adam(1e-2), optim.orthogonal_projection())
+
+  def loss(p):
+    return jnp.mean((model.apply({"params": p}, x) - y) ** 2)
+
+  @jax.jit
+  def step(p, s):
+    l, g = jax.vmap(jax.value_and_grad(loss))(p)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s, l
+
+  state = tx.init(params)
+  losses = []
+  for _ in range(30):
+    params, state, l = step(params, state)
+    losses.append(l)
+  assert np.all(np.asarray(losses[-1]) < np.asarray(losses[0]))
+  k = params["rnn"]["cell"]["recurrent_kernel"]
+  assert k.shape == (3, 8, 8)
+  assert np.max(orthogonal.orthogonality_error(k)) < 1e-5
+
+
+# --------------------------------------------------------------------------
+# Errors.
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CONSTRAINTS))
+def test_missing_params_raises(name):
+  tx = ALL_CONSTRAINTS[name]()
+  w = _haar((4, 4))
+  with pytest.raises(ValueError, match=r"params is None.*tx\.update\(updates, state, params\)"):
+    tx.update(w, tx.init(w))
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CONSTRAINTS))
+def test_non_square_leaf_raises(name):
+  tx = ALL_CONSTRAINTS[name]()
+  params = {"cell": {"input": jnp.zeros((3, 4))}}
+  with pytest.raises(ValueError, match=r"params\['cell/input'\] has shape \(3, 4\); expected square"):
+    tx.init(params)
+  with pytest.raises(ValueError, match=r"params\['cell/input'\] has shape \(3, 4\)"):
+    tx.update(params, optax.EmptyState(), params)
+  with pytest.raises(ValueError, match=r"params\['b'\] has shape \(4,\)"):
+    tx.init({"b": jnp.zeros(4)})
+
+
+def test_update_shape_mismatch_and_integer_leaf_raise():
+  tx = optim.orthogonal_projection()
+  w = _haar((4, 4))
+  with pytest.raises(ValueError, match=r"update for params has shape \(2, 4, 4\); expected .*\(4, 4\)"):
+    tx.update(jnp.zeros((2, 4, 4)), tx.init(w), w)
+  with pytest.raises(TypeError, match=r"params\['w'\] has dtype int32"):
+    tx.init({"w": jnp.zeros((4, 4), jnp.int32)})
+
+
+def test_mask_that_selects_nothing_raises():
+  params = {"dense": {"kernel": jnp.zeros((4, 4))}}
+  tx = optim.constrained(optax.adam(1e-3), optim.orthogonal_projection())
+  with pytest.raises(ValueError, match=r"match=None selects no leaf.*'recurrent_kernel'.*\['dense/kernel'\]"):
+    tx.init(params)
+  tx = optim.constrained(optax.adam(1e-3), optim.orthogonal_projection(), match="lstm")
+  with pytest.raises(ValueError, match=r"match='lstm' selects no leaf.*matching 'lstm'"):
+    tx.init(params)
+  with pytest.raises(ValueError, match="recurrent_kernel_mask: match=None selects no leaf"):
+    optim.recurrent_kernel_mask(params)
+
+
+def test_bad_options_raise():
+  with pytest.raises(ValueError, match=r"method='eig'.*expected one of \('svd'"):
+    optim.orthogonal_projection("eig")
+  with pytest.raises(ValueError, match=r"tol=-1"):
+    optim.orthogonal_projection("newton_schulz", tol=-1.0)
+  with pytest.raises(ValueError, match=r"max_iters=0"):
+    optim.orthogonal_projection("newton_schulz", max_iters=0)
+  for factory in (optim.cayley_retraction, optim.expm_retraction):
+    with pytest.raises(ValueError, match=r"reproject_every must be None or a positive int, got reproject_every=0"):
+      factory(reproject_every=0)
+    with pytest.raises(ValueError, match=r"reproject_method='qr'"):
+      factory(reproject_method="qr")
+    with pytest.raises(TypeError):
+      factory(5)  # options are keyword-only
+  for bad in (0.0, -1.0, float("inf"), True, "1"):
+    with pytest.raises(ValueError, match=r"max_value must be a finite number > 0, got max_value="):
+      optim.spectral_norm_projection(bad)
+  with pytest.raises(TypeError, match=r"match must be None, a regular expression"):
+    optim.constrained(optax.adam(1e-3), optim.orthogonal_projection(), match=3)
+  with pytest.raises(ValueError, match=r"match='\(' is not a valid regular expression"):
+    optim.constrained(optax.adam(1e-3), optim.orthogonal_projection(), match="(")
+  with pytest.raises(TypeError, match=r"optimizer must be an optax.GradientTransformation"):
+    optim.constrained("adam", optim.orthogonal_projection())
+  with pytest.raises(TypeError, match=r"constraint must be an optax.GradientTransformation"):
+    optim.constrained(optax.adam(1e-3), optim.orthogonal_projection)

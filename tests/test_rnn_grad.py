@@ -1,0 +1,252 @@
+"""The custom VJP of urnn_jax.recurrence against plain autodiff through lax.scan.
+
+``recurrence(..., custom_gradient=False)`` differentiates the plain loop;
+it is the reference. Everything runs in float64 unless a test says otherwise.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import urnn_jax
+from urnn_jax.rnn import recurrence
+
+NAMED = ["relu", "tanh", "sigmoid", "identity", "leaky_relu", "abs"]
+
+
+def _soft(a):
+  return a + 0.5 * jnp.sin(a)
+
+
+def _kinked(a):  # a callable with a kink at 0 (derivative 1 there, by jnp.where)
+  return jnp.where(a >= 0, 2.0 * a, 0.3 * a)
+
+
+CALLABLES = {"soft": _soft, "kinked": _kinked, "softplus": jax.nn.softplus}
+
+
+def _problem(key, T, batch_shape, n, *, h0_shape=None, dtype=jnp.float64):
+  k = jax.random.split(key, 5)
+  kernel = jax.random.normal(k[0], (n, n), dtype) * (0.9 / np.sqrt(n))
+  z = jax.random.normal(k[1], (T,) + batch_shape + (n,), dtype)
+  h0_shape = batch_shape + (n,) if h0_shape is None else h0_shape
+  h0 = jax.random.normal(k[2], h0_shape, dtype)
+  g_hs = jax.random.normal(k[3], z.shape, dtype)
+  g_last = jax.random.normal(k[4], batch_shape + (n,), dtype)
+  return kernel, z, h0, g_hs, g_last
+
+
+def _loss(custom, activation, g_hs, g_last, lengths=None, unroll=1):
+  def loss(kernel, z, h0):
+    h_last, hs = recurrence(kernel, z, h0, activation, lengths=lengths, unroll=unroll,
+                            custom_gradient=custom)
+    return jnp.sum(jnp.real(g_hs * hs)) + jnp.sum(jnp.real(g_last * h_last))
+
+  return loss
+
+
+def _grads(custom, activation, kernel, z, h0, g_hs, g_last, **kw):
+  return jax.grad(_loss(custom, activation, g_hs, g_last, **kw), argnums=(0, 1, 2))(kernel, z, h0)
+
+
+def assert_trees_close(a, b, rtol=1e-10):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.shape == y.shape and x.dtype == y.dtype
+    scale = max(1.0, float(np.max(np.abs(y)))) if y.size else 1.0
+    np.testing.assert_allclose(x, y, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("batch_shape", [(), (2, 3)])
+@pytest.mark.parametrize("activation", NAMED + list(CALLABLES))
+def test_matches_plain_autodiff(x64, activation, batch_shape, masked):
+  act = CALLABLES.get(activation, activation)
+  T, n = 9, 4
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(0), T, batch_shape, n)
+  lengths = None
+  if masked:
+    lengths = jnp.asarray(np.resize([9, 4, 0, 1, 12, 6], batch_shape)) if batch_shape else jnp.asarray(5)
+  got = _grads(True, act, kernel, z, h0, g_hs, g_last, lengths=lengths)
+  want = _grads(False, act, kernel, z, h0, g_hs, g_last, lengths=lengths)
+  assert_trees_close(got, want)
+  # Forward values do not depend on the gradient path.
+  out_c = recurrence(kernel, z, h0, act, lengths=lengths)
+  out_p = recurrence(kernel, z, h0, act, lengths=lengths, custom_gradient=False)
+  assert_trees_close(out_c, out_p, rtol=0)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "abs", "kinked"])
+def test_derivative_at_exact_kinks_matches_jax(x64, activation):
+  # kernel = 0 and z with exact zeros: the pre-activations hit the kink at 0.
+  act = CALLABLES.get(activation, activation)
+  T, n = 6, 5
+  _, z, h0, g_hs, g_last = _problem(jax.random.key(1), T, (3,), n)
+  z = z.at[:, :, :2].set(0.0)
+  kernel = jnp.zeros((n, n))
+  got = _grads(True, act, kernel, z, h0, g_hs, g_last)
+  want = _grads(False, act, kernel, z, h0, g_hs, g_last)
+  assert_trees_close(got, want, rtol=1e-12)  # a wrong kink would be off by O(1)
+
+
+@pytest.mark.parametrize("h0_shape", [(), (4,), (1, 4), (3, 4)])
+def test_h0_broadcasting(x64, h0_shape):
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(2), 7, (3,), 4, h0_shape=h0_shape)
+  got = _grads(True, "tanh", kernel, z, h0, g_hs, g_last)
+  want = _grads(False, "tanh", kernel, z, h0, g_hs, g_last)
+  assert got[2].shape == h0_shape
+  assert_trees_close(got, want)
+
+
+@pytest.mark.parametrize("T", [0, 1, 2])
+def test_short_sequences(x64, T):
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(3), T, (2,), 3)
+  assert_trees_close(_grads(True, "relu", kernel, z, h0, g_hs, g_last),
+                     _grads(False, "relu", kernel, z, h0, g_hs, g_last))
+
+
+def test_lengths_edge_values(x64):
+  # Zero, negative, exactly T and beyond T.
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(4), 6, (5,), 3)
+  lengths = jnp.array([0, -2, 6, 9, 3])
+  got = _grads(True, "tanh", kernel, z, h0, g_hs, g_last, lengths=lengths)
+  want = _grads(False, "tanh", kernel, z, h0, g_hs, g_last, lengths=lengths)
+  assert_trees_close(got, want)
+  # Steps past a sequence's end receive no gradient.
+  np.testing.assert_array_equal(got[1][3:, 4], 0.0)
+  np.testing.assert_array_equal(got[1][:, 0], 0.0)
+
+
+def test_lengths_align_with_trailing_batch_axes(x64):
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(5), 6, (2, 3), 3)
+  lengths = jnp.array([6, 2, 4])  # shape (3,) for batch (2, 3)
+  assert_trees_close(_grads(True, "relu", kernel, z, h0, g_hs, g_last, lengths=lengths),
+                     _grads(False, "relu", kernel, z, h0, g_hs, g_last, lengths=lengths))
+
+
+@pytest.mark.parametrize("unroll", [2, 3])
+def test_unroll(x64, unroll):
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(6), 7, (2,), 3)
+  lengths = jnp.array([7, 3])
+  assert_trees_close(
+      _grads(True, "sigmoid", kernel, z, h0, g_hs, g_last, lengths=lengths, unroll=unroll),
+      _grads(False, "sigmoid", kernel, z, h0, g_hs, g_last, lengths=lengths))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "soft"])
+def test_check_grads_numerically_to_second_order(x64, activation):
+  act = CALLABLES.get(activation, activation)
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(7), 5, (2,), 3)
+  lengths = jnp.array([5, 2])
+  f = _loss(True, act, g_hs, g_last, lengths=lengths)
+  check_grads(f, (kernel, z, h0), order=2, modes=["rev"], eps=1e-4, atol=1e-6, rtol=1e-6)
+
+
+def test_grad_of_grad_matches_plain(x64):
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(8), 6, (3,), 4)
+  v = jax.random.normal(jax.random.key(9), kernel.shape, jnp.float64)
+
+  def hvp(custom):
+    grad_k = jax.grad(_loss(custom, "tanh", g_hs, g_last), argnums=0)
+    return jax.grad(lambda k, z, h0: jnp.vdot(grad_k(k, z, h0), v), argnums=(0, 1, 2))(kernel, z, h0)
+
+  assert_trees_close(hvp(True), hvp(False))
+
+
+def test_forward_mode_raises_clearly_and_plain_path_supports_it(x64):
+  kernel, z, h0, _, _ = _problem(jax.random.key(10), 4, (2,), 3)
+  f = lambda k: recurrence(k, z, h0, "tanh")[1]
+  g = lambda k: recurrence(k, z, h0, "tanh", custom_gradient=False)[1]
+  for forward in (lambda fn: jax.jvp(fn, (kernel,), (jnp.ones_like(kernel),)),
+                  lambda fn: jax.jacfwd(fn)(kernel)):
+    with pytest.raises(TypeError, match="forward-mode autodiff"):
+      forward(f)
+  # The plain path: forward mode works and agrees with the custom reverse mode.
+  np.testing.assert_allclose(jax.jacfwd(g)(kernel), jax.jacrev(f)(kernel), atol=1e-12)
+
+
+def test_forward_over_reverse_works(x64):
+  # jax.hessian = jacfwd(jacrev(.)): forward mode through the custom *backward*
+  # pass (plain JAX code) is supported and exact.
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(10), 4, (2,), 3)
+  h_c = jax.hessian(_loss(True, "tanh", g_hs, g_last), argnums=(0, 2))(kernel, z, h0)
+  h_p = jax.hessian(_loss(False, "tanh", g_hs, g_last), argnums=(0, 2))(kernel, z, h0)
+  assert_trees_close(h_c, h_p)
+
+
+def test_vmap_over_realizations_and_jit(x64):
+  R, T, B, n = 3, 6, 2, 4
+  keys = jax.random.split(jax.random.key(11), R)
+  kernels, zs, h0s, ghs, gls = jax.vmap(lambda k: _problem(k, T, (B,), n))(keys)
+  lengths = jnp.array([[6, 2], [3, 6], [0, 5]])
+
+  def grads(custom, kernel, z, h0, g_hs, g_last, lengths):
+    return jax.grad(_loss(custom, "relu", g_hs, g_last, lengths=lengths), argnums=(0, 1, 2))(kernel, z, h0)
+
+  vm = jax.jit(jax.vmap(functools.partial(grads, True)))(kernels, zs, h0s, ghs, gls, lengths)
+  for r in range(R):
+    want = grads(False, kernels[r], zs[r], h0s[r], ghs[r], gls[r], lengths[r])
+    assert_trees_close(jax.tree.map(lambda a: a[r], vm), want)
+
+
+def test_vmap_of_grad_with_shared_inputs(x64):
+  # Only the kernel is batched (the realizations' params); z is shared.
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(12), 5, (2,), 3)
+  kernels = jnp.stack([kernel, 0.5 * kernel, -kernel])
+  f = lambda custom: jax.vmap(jax.grad(_loss(custom, "tanh", g_hs, g_last), argnums=(0, 1)),
+                              in_axes=(0, None, None))(kernels, z, h0)
+  assert_trees_close(f(True), f(False))
+
+
+def test_float32_and_mixed_dtypes():
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(13), 20, (4,), 8, dtype=jnp.float32)
+  got = _grads(True, "relu", kernel, z, h0, g_hs, g_last)
+  want = _grads(False, "relu", kernel, z, h0, g_hs, g_last)
+  for a, b in zip(got, want):
+    assert a.dtype == jnp.float32
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+  with jax.enable_x64(True):
+    z64 = z.astype(jnp.float64)
+    got = jax.grad(lambda k, z: jnp.sum(recurrence(k, z, h0, "tanh")[1]), argnums=(0, 1))(kernel, z64)
+    want = jax.grad(lambda k, z: jnp.sum(recurrence(k, z, h0, "tanh", custom_gradient=False)[1]),
+                    argnums=(0, 1))(kernel, z64)
+    assert got[0].dtype == jnp.float32 and got[1].dtype == jnp.float64
+    assert_trees_close(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "identity", "modrelu_like"])
+def test_complex(x64, activation):
+  # Complex states: holomorphic (tanh, identity) and non-holomorphic callables.
+  act = {"modrelu_like": lambda a: a / (1.0 + jnp.abs(a))}.get(activation, activation)
+  k = jax.random.split(jax.random.key(14), 2)
+  kernel, z, h0, g_hs, g_last = _problem(k[0], 5, (2,), 3)
+  kernel2, z2, h02, _, _ = _problem(k[1], 5, (2,), 3)
+  kernel = (kernel + 1j * kernel2) / 2
+  z, h0 = z + 1j * z2, h0 + 1j * h02
+  got = _grads(True, act, kernel, z, h0, g_hs, g_last)
+  want = _grads(False, act, kernel, z, h0, g_hs, g_last)
+  assert_trees_close(got, want)
+
+
+def test_layer_and_simulate_gradients_match_plain(x64, monkeypatch):
+  """Recurrent and simulate go through the custom VJP; plain gives the same grads."""
+  model = urnn_jax.SequenceRegressor(urnn_jax.RNNCell(5, param_dtype=jnp.float64), 2,
+                                     learn_initial_carry=True)
+  x = jax.random.normal(jax.random.key(15), (3, 11, 2), jnp.float64)
+  variables = model.init(jax.random.key(16), x)
+  seq_lengths = jnp.array([11, 4, 7])
+
+  def loss(v):
+    return jnp.sum(jnp.square(model.apply(v, x, seq_lengths=seq_lengths)))
+
+  got = jax.grad(loss)(variables)
+  import urnn_jax.recurrent as recurrent_mod
+
+  monkeypatch.setattr(recurrent_mod, "recurrence",
+                      functools.partial(recurrence, custom_gradient=False))
+  want = jax.grad(loss)(variables)
+  assert_trees_close(got, want)

@@ -1,0 +1,212 @@
+"""Tests for urnn_jax.experiments.system_id and the train.system_id binary.
+
+Every run here is tiny (2 realizations, 20 training sequences of 30 steps, 2
+epochs); the compiled programs are cached per process, so the runs after the
+first mostly reuse them.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from urnn_jax import orthogonal
+from urnn_jax import training
+from urnn_jax.experiments import system_id as sid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = sid.Config(
+    models=("rnn", "urnn"),
+    hidden=(2, 3),
+    realizations=2,
+    train_sequences=20,
+    test_sequences=10,
+    seq_len=30,
+    epochs=2,
+    checkpoint_every=0,  # every epoch (2 steps)
+)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def quiet(_):
+  pass
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sysid_a"))
+  out = sid.run(TINY, workdir, log=quiet)
+  return workdir, out
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory):
+  """A run stopped after one epoch of its first configuration (URNN, n=2), then resumed."""
+  workdir = str(tmp_path_factory.mktemp("sysid_b"))
+  config = dataclasses.replace(TINY, models=("urnn", "rnn"))
+  half = sid.run(config, workdir, log=quiet, stop_after_steps=2)
+  ckpt = os.path.join(workdir, "checkpoints", "urnn_h02")
+  mid_state = None
+  if os.path.isdir(ckpt):
+    progs = sid.config_programs(config, "urnn", 2)
+    target = sid.init_carry(progs, config, 2, jnp.zeros((1, 2, 2)))
+    with training.Checkpoints(ckpt) as c:
+      mid_state = (c.latest_step(), c.restore(target))
+  full = sid.run(config, workdir, log=quiet)
+  return workdir, half, mid_state, full
+
+
+def load(workdir, name):
+  return training.read_json(os.path.join(workdir, "results", name + ".json"))
+
+
+def test_end_to_end_writes_results_and_plot(first_run):
+  workdir, out = first_run
+  names = ["rnn_h02", "rnn_h03", "urnn_h02", "urnn_h03"]
+  assert sorted(out["trained"]) == names and out["skipped"] == []
+  for name in names:
+    res = load(workdir, name)
+    assert len(res["test_r2"]) == 2 and len(res["realizations"]) == 2
+    assert res["steps"] == 4 and res["resumed_from_step"] == 0
+    assert all(np.isfinite(res["test_r2"]))
+  for f in ("settings.json", "data.json", "results.csv", "summary.csv", "summary.md"):
+    assert os.path.getsize(os.path.join(workdir, f)) > 0
+  with open(os.path.join(workdir, "r2_vs_hidden.png"), "rb") as f:
+    assert f.read(8) == PNG_MAGIC
+  summary = training.read_json(os.path.join(workdir, "summary.json"))
+  rows = summary["rows"]
+  assert len(rows) == 4
+  for row in rows:
+    for k in ("median_r2", "q25_r2", "q75_r2", "optimal_r2"):
+      assert np.isfinite(row[k]), (row, k)
+    assert row["q25_r2"] <= row["median_r2"] <= row["q75_r2"]
+  assert rows[0]["optimal_r2"] == pytest.approx(100 / 101)
+  urnn = [r for r in rows if r["model"] == "urnn"]
+  assert [r["adjusted_hidden"] for r in urnn] == [1.0, 1.5]
+  data = training.read_json(os.path.join(workdir, "data.json"))
+  assert abs(data["snr_db_measured_mean"] - 20.0) < 0.5
+  assert abs(data["on_fraction_mean"] - 0.6) < 0.05
+
+
+def test_rerun_skips_finished_configurations(first_run):
+  workdir, _ = first_run
+  path = os.path.join(workdir, "results", "rnn_h02.json")
+  before = os.stat(path).st_mtime_ns
+  out = sid.run(TINY, workdir, log=quiet)
+  assert out["trained"] == []
+  assert sorted(out["skipped"]) == ["rnn_h02", "rnn_h03", "urnn_h02", "urnn_h03"]
+  assert os.stat(path).st_mtime_ns == before
+  assert len(out["rows"]) == 4
+
+
+def test_half_finished_configuration_resumes_from_checkpoint(first_run, resumed_run):
+  workdir_a, _ = first_run
+  workdir, half, mid_state, full = resumed_run
+  assert half["interrupted"] and half["trained"] == []
+  assert mid_state is not None and mid_state[0] == 2
+  assert full["trained"][0] == "urnn_h02"
+  res = load(workdir, "urnn_h02")
+  assert res["resumed_from_step"] == 2 and res["steps"] == 4
+  # Resuming gives exactly the uninterrupted result.
+  assert res["test_r2"] == load(workdir_a, "urnn_h02")["test_r2"]
+
+
+def test_urnn_stays_orthogonal(first_run, resumed_run):
+  workdir, _ = first_run
+  for name in ("urnn_h02", "urnn_h03"):
+    errs = [r["orthogonality_error"] for r in load(workdir, name)["realizations"]]
+    assert len(errs) == 2 and max(errs) < 1e-5, errs
+  # Also in the middle of training (the checkpoint after the first epoch).
+  _, _, (_, carry), _ = resumed_run
+  w = carry.state.params["rnn"]["cell"]["recurrent_kernel"]
+  assert w.shape == (2, 2, 2)
+  assert float(jnp.max(orthogonal.orthogonality_error(w))) < 1e-5
+  # The free RNN, trained from the same orthogonal start, leaves the group.
+  errs = [r["orthogonality_error"] for r in load(workdir, "rnn_h03")["realizations"]]
+  assert min(errs) > 1e-3
+
+
+def test_same_seed_same_r2_other_seed_differs(first_run, resumed_run, tmp_path):
+  workdir_a, _ = first_run
+  workdir_b, _, _, _ = resumed_run
+  for name in ("rnn_h02", "rnn_h03", "urnn_h03"):
+    assert load(workdir_a, name)["test_r2"] == load(workdir_b, name)["test_r2"]
+  other = dataclasses.replace(TINY, models=("rnn",), hidden=(2,), seed=1)
+  sid.run(other, str(tmp_path), log=quiet)
+  assert load(str(tmp_path), "rnn_h02")["test_r2"] != load(workdir_a, "rnn_h02")["test_r2"]
+
+
+def test_other_settings_in_same_workdir_are_refused(first_run):
+  workdir, _ = first_run
+  with pytest.raises(ValueError, match="other settings"):
+    sid.run(dataclasses.replace(TINY, epochs=3), workdir, log=quiet)
+
+
+def test_diverged_realization_is_recorded_not_fatal(tmp_path):
+  config = dataclasses.replace(TINY, models=("rnn",), hidden=(2,))
+  data, _ = sid.make_data(config)
+  bad_y = data.y_train.at[0].set(jnp.nan)  # realization 0 can only produce NaN losses
+  res = sid.train_configuration(config, "rnn", 2, data._replace(y_train=bad_y), str(tmp_path),
+                                log=quiet)
+  assert res["n_diverged"] == 1
+  assert res["realizations"][0]["diverged"] and res["realizations"][0]["diverged_step"] == 0
+  assert np.isnan(res["test_r2"][0]) and np.isfinite(res["test_r2"][1])
+  rows = sid.summarize([res], 0.99)
+  assert rows[0]["n_diverged"] == 1 and np.isfinite(rows[0]["median_r2"])
+  # When every realization diverges the run stops with DivergenceError.
+  all_bad = data._replace(y_train=jnp.full_like(data.y_train, jnp.nan))
+  with pytest.raises(training.DivergenceError, match="every realization diverged"):
+    sid.train_configuration(config, "rnn", 2, all_bad, str(tmp_path / "all_bad"), log=quiet)
+
+
+def test_models_and_optimizers():
+  x = jnp.ones((1, 5, 2))
+  for name in sid.MODELS:
+    model = sid.make_model(name, 3)
+    params = model.init(jax.random.key(0), x)["params"]
+    assert model.apply({"params": params}, x).shape == (1, 5, 2)
+    tx = sid.make_optimizer(name, 0.01)
+    tx.init(params)
+  for c in sid.CONSTRAINTS:
+    sid.make_optimizer("urnn", constraint=c).init(sid.make_model("urnn", 3).init(jax.random.key(0), x)["params"])
+  with pytest.raises(ValueError, match="model"):
+    sid.make_model("transformer", 3)
+  with pytest.raises(ValueError, match="constraint"):
+    sid.make_optimizer("urnn", constraint="qr")
+  with pytest.raises(ValueError, match="models"):
+    dataclasses.replace(TINY, models=("rnn", "mlp")).validate()
+
+
+def test_finding_lines():
+  rows = [
+      {"model": "rnn", "hidden": 2, "median_r2": 0.5},
+      {"model": "rnn", "hidden": 4, "median_r2": 0.9},
+      {"model": "urnn", "hidden": 4, "median_r2": 0.45},
+      {"model": "urnn", "hidden": 8, "median_r2": 0.92},
+  ]
+  text = "\n".join(sid.finding_lines(rows, 0.99))
+  assert "n= 2: RNN 0.5000 | URNN(2n= 4) 0.4500" in text
+  assert "n= 4: RNN 0.9000 | URNN(2n= 8) 0.9200 | difference +0.0200" in text
+
+
+def test_binary_paper_flag_with_overrides(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "train.system_id", "--paper", "--models=rnn", "--hidden=2",
+         "--train_sequences=10", "--test_sequences=5", "--seq_len=20", "--epochs=1",
+         f"--workdir={tmp_path}"]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # --paper set the realizations (30); the explicit flags won over its sizes.
+  assert "realizations=30" in proc.stdout and "seq_len=20" in proc.stdout
+  assert "| rnn | 2 |" in proc.stdout
+  settings = json.load(open(os.path.join(tmp_path, "settings.json")))
+  assert settings["realizations"] == 30 and settings["train_sequences"] == 10
+  with open(os.path.join(tmp_path, "r2_vs_hidden.png"), "rb") as f:
+    assert f.read(8) == PNG_MAGIC

@@ -1,0 +1,1 @@
+"""Experiment logic behind the binaries in ``train/`` (one module per experiment)."""

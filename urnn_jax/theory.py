@@ -1,0 +1,1448 @@
+"""The paper's theorems as code (seed 000, §3-4 and Appendix A).
+
+Everything here speaks the language of :class:`urnn_jax.RNNParams` and
+:func:`urnn_jax.simulate`, the paper's eq. (1)::
+
+    h(k) = phi(W h(k-1) + F x(k) + b),    y(k) = C h(k),    h(-1) = h0.
+
+What is proved, and what is only demonstrated:
+
+* **Theorem 3.1** (proved in the paper, Appendix A; exact here):
+  :func:`unitary_equivalent` builds, for a contractive ReLU RNN with n states,
+  a URNN with 2n states and an orthogonal transition matrix whose outputs are
+  *identical* for every input sequence with ``||x(k)||_2 <= M``. The paper
+  assumes h0 = 0; the construction here also covers h0 != 0 (see
+  :func:`state_bound` for the extended invariant).
+* **Eq. (7)**: :func:`state_bound`, the bound M_h on the hidden state.
+* **Eq. (4)**: :func:`similarity_transform`, the symmetries of the map
+  (any invertible T for linear RNNs, positive diagonal T for ReLU), and
+  :func:`equivalent`, the largest output difference of two RNNs on given
+  inputs.
+* **§3 parameter counts**: :func:`degrees_of_freedom`.
+* **Theorem 3.2** (2n is tight; proof in supplement B.1, not in the seeds):
+  :func:`tightness_demo` is a *numerical demonstration, not a proof*: for
+  the scalar RNN y(k) = relu(y(k-1)/2 + x(k)), 1-state URNNs (W = +-1)
+  fitted by gradient descent from several restarts leave a residual that
+  stays away from zero, while the 2-state construction is exact; likewise for
+  n independent channels with n states. Caveat, shown by
+  :func:`near_equivalent_channel_urnn`: the tightness is about *exact*
+  equivalence. n+1 states approximate the n-channel RNN with error O(s) for
+  any s > 0 (the weights grow like 1/s^(n-1)).
+* **Theorem 4.1** (sigmoid converse; proof in supplement B.2): likewise a
+  *demonstration*, :func:`sigmoid_converse_demo`, built on
+  :func:`linearize` (fixed point h* and the eigenvalues of the Jacobian
+  diag(phi'(z*)) W), :func:`small_signal_response` and
+  :func:`response_eigenvalues` (the eigenvalues read back from the
+  input-output map). Caveat, shown by :func:`unitary_dilation`: the 2n-state
+  construction with bias -B on the extra states matches a contractive
+  sigmoid RNN up to O(e^-B), i.e. to float64 rounding for B ~ 37; the
+  converse holds for exact equivalence only.
+
+The constructive functions (:func:`state_bound`, :func:`unitary_equivalent`,
+:func:`similarity_transform`) validate concrete values and compute in NumPy
+float64 whatever the parameters' dtype, then return arrays of that dtype:
+call them outside ``jit``. Exactness to ~1e-12 needs float64 simulation
+(``jax.config.update('jax_enable_x64', True)``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from urnn_jax import initializers
+from urnn_jax import orthogonal
+from urnn_jax.rnn import Activation
+from urnn_jax.rnn import RNNParams
+from urnn_jax.rnn import check_params
+from urnn_jax.rnn import get_activation
+from urnn_jax.rnn import simulate
+
+__all__ = [
+    "DOF_KINDS",
+    "bound_violation_demo",
+    "bounded_inputs",
+    "channel_rnn",
+    "check_input_bound",
+    "decay_rate",
+    "degrees_of_freedom",
+    "equivalence_table",
+    "equivalent",
+    "fit_urnn",
+    "Linearization",
+    "linearize",
+    "near_equivalent_channel_urnn",
+    "random_contractive_rnn",
+    "response_eigenvalues",
+    "sigmoid_converse_demo",
+    "similarity_transform",
+    "small_signal_response",
+    "spectral_norm",
+    "state_bound",
+    "tightness_demo",
+    "unitary_dilation",
+    "unitary_equivalent",
+    "URNNFit",
+]
+
+# simulate as one compiled computation per shape (eager simulate compiles each
+# of its ops separately).
+_simulate = jax.jit(simulate, static_argnames=("activation", "unroll", "return_states"))
+
+# Activations for which |phi(t)| <= |t| (the bound of eq. (7) holds) and
+# which are positively homogeneous, phi(d t) = d phi(t) for d > 0 (positive
+# diagonal similarity transforms are symmetries).
+_POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "abs")
+
+
+# ---------------------------------------------------------------------------
+# Validation helpers.
+
+
+def _single_params(fn: str, params) -> tuple[np.ndarray, ...]:
+  """(W, F, b, C, h0) of one RNN as float64 NumPy arrays, validated."""
+  check_params(params)
+  if jnp.ndim(params.W) != 2:
+    raise ValueError(
+        f"{fn}: params must describe a single RNN with W of shape (n, n), got"
+        f" W of shape {jnp.shape(params.W)}; apply it per realization."
+    )
+  try:
+    arrays = tuple(np.asarray(v, dtype=np.float64) for v in params)
+  except jax.errors.TracerArrayConversionError:
+    raise TypeError(
+        f"{fn} validates concrete values and cannot be traced: call it outside"
+        " jax.jit / jax.vmap."
+    ) from None
+  for name, value in zip(RNNParams._fields, arrays):
+    if not np.all(np.isfinite(value)):
+      raise ValueError(f"{fn}: params.{name} has non-finite entries.")
+  return arrays
+
+
+def _check_bound(fn: str, name: str, value) -> float:
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    raise TypeError(
+        f"{fn}: {name} must be a real number, got {type(value).__name__}:"
+        f" {value!r}."
+    ) from None
+  if not (math.isfinite(value) and value >= 0.0):
+    raise ValueError(
+        f"{fn}: {name} must be a finite number >= 0, got {name}={value!r}."
+    )
+  return value
+
+
+def _like(value: np.ndarray, ref) -> jax.Array:
+  """``value`` as a JAX array of ``ref``'s dtype."""
+  return jnp.asarray(value, dtype=jnp.asarray(ref).dtype)
+
+
+def spectral_norm(w) -> float:
+  """||W||_2, the largest singular value (the paper's "spectral norm")."""
+  w = np.asarray(w, dtype=np.float64)
+  if w.size == 0:
+    return 0.0
+  return float(np.linalg.norm(w, ord=2))
+
+
+# ---------------------------------------------------------------------------
+# Eq. (7): the state bound.
+
+
+def state_bound(params: RNNParams, input_bound: float) -> float:
+  """An invariant bound on ||h(k)||_2 for inputs with ||x(k)||_2 <= M (eq. 7).
+
+  The paper's bound, for h0 = 0 and rho = ||W||_2 < 1, is::
+
+      M_h = (||F||_2 M + ||b||_2) / (1 - rho).                     (7)
+
+  This function returns ``B = max(||h0||_2, M_h)``, which also covers
+  h0 != 0.
+
+  Claim: ``||h(k)||_2 <= B`` for every k >= -1.
+
+  Proof (induction on k). At k = -1, h(-1) = h0 and ``||h0|| <= B``. If
+  ``||h(k-1)|| <= B`` then, because ``|phi(t)| <= |t|`` elementwise (true for
+  ReLU, and also for identity, tanh, leaky ReLU and abs; *not* for the
+  sigmoid, phi(0) = 1/2), so ``||phi(z)||_2 <= ||z||_2``::
+
+      ||h(k)|| <= ||W h(k-1) + F x(k) + b||
+               <= rho B + ||F|| M + ||b||
+               =  rho B + (1 - rho) M_h
+               <= rho B + (1 - rho) B = B.
+
+  (Unrolled, ``||h(k)|| <= rho^(k+1) ||h0|| + (1 - rho^(k+1)) M_h``, a convex
+  combination of ||h0|| and M_h, hence at most their maximum.) For h0 = 0,
+  ``B = M_h`` is the paper's bound.
+
+  Args:
+    params: a single contractive RNN.
+    input_bound: M >= 0, the bound on every ``||x(k)||_2``.
+
+  Returns:
+    B as a Python float.
+
+  Raises:
+    ValueError: if ``||W||_2 >= 1`` (no finite bound follows from eq. (7)),
+      or if ``input_bound`` is negative or not finite.
+  """
+  W, F, b, _, h0 = _single_params("state_bound", params)
+  M = _check_bound("state_bound", "input_bound", input_bound)
+  rho = spectral_norm(W)
+  if not rho < 1.0:
+    raise ValueError(
+        "state_bound: eq. (7) needs a contractive transition, ||W||_2 < 1;"
+        f" the measured spectral norm of params.W is {rho!r}."
+    )
+  m_h = (spectral_norm(F) * M + float(np.linalg.norm(b))) / (1.0 - rho)
+  return max(float(np.linalg.norm(h0)), m_h)
+
+
+def check_input_bound(x, input_bound: float, *, rtol: float | None = None,
+                      raise_error: bool = True) -> float:
+  """The largest ``||x(k)||_2`` of an input sequence, checked against M.
+
+  Theorem 3.1's equivalence is guaranteed only for inputs with
+  ``||x(k)||_2 <= M`` at every step (and every batch element). Inputs above
+  the bound can break it (see :func:`bound_violation_demo`).
+
+  Args:
+    x: inputs ``(..., T, m)``.
+    input_bound: M >= 0.
+    rtol: relative slack for rounding, so that inputs scaled onto the bound
+      pass; default ``16 * eps`` of ``x``'s dtype.
+    raise_error: raise when the bound is exceeded (else just report).
+
+  Returns:
+    ``max_k ||x(k)||_2`` as a Python float (0.0 for an empty ``x``).
+
+  Raises:
+    ValueError: when ``raise_error`` and the maximum norm exceeds
+      ``input_bound * (1 + rtol)``.
+  """
+  M = _check_bound("check_input_bound", "input_bound", input_bound)
+  x = np.asarray(x)
+  if x.ndim < 2:
+    raise ValueError(
+        "check_input_bound: x must have shape (..., T, m), got shape"
+        f" {x.shape}."
+    )
+  if rtol is None:
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+    rtol = 16.0 * float(np.finfo(dtype).eps)
+  norms = np.linalg.norm(x.astype(np.float64), axis=-1)
+  max_norm = float(norms.max()) if norms.size else 0.0
+  if raise_error and max_norm > M * (1.0 + rtol):
+    where = np.unravel_index(int(np.argmax(norms)), norms.shape)
+    raise ValueError(
+        f"check_input_bound: the inputs exceed input_bound={M!r}: max_k"
+        f" ||x(k)||_2 = {max_norm!r} at index {tuple(int(i) for i in where)}"
+        " (batch..., step). Theorem 3.1's equivalence holds only for"
+        " ||x(k)||_2 <= input_bound."
+    )
+  return max_norm
+
+
+def bounded_inputs(key, shape: Sequence[int], input_bound: float = 1.0, *,
+                   on_bound: float = 0.5, dtype=None) -> jax.Array:
+  """Random inputs with ``||x(k)||_2 <= input_bound`` at every step.
+
+  Directions are uniform on the sphere; a fraction ``on_bound`` of the steps
+  has norm exactly M (up to rounding), the others a norm uniform in [0, M].
+
+  Args:
+    key: a PRNG key.
+    shape: ``(..., T, m)``.
+    input_bound: M.
+    on_bound: the probability that a step lies on the sphere of radius M.
+    dtype: default: JAX's default float dtype.
+  """
+  M = _check_bound("bounded_inputs", "input_bound", input_bound)
+  if not 0.0 <= on_bound <= 1.0:
+    raise ValueError(
+        f"bounded_inputs: on_bound must be in [0, 1], got on_bound={on_bound!r}."
+    )
+  shape = tuple(int(s) for s in shape)
+  if len(shape) < 2:
+    raise ValueError(f"bounded_inputs: shape must be (..., T, m), got {shape}.")
+  dtype = jnp.dtype(dtype or jnp.result_type(float))
+  return _bounded_inputs(key, M, on_bound, shape=shape, dtype=dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
+def _bounded_inputs(key, M, on_bound, *, shape, dtype):
+  k_dir, k_on, k_rad = jax.random.split(key, 3)
+  g = jax.random.normal(k_dir, shape, dtype)
+  g = g / jnp.maximum(jnp.linalg.norm(g, axis=-1, keepdims=True), 1e-30)
+  on = jax.random.uniform(k_on, shape[:-1] + (1,), dtype) < on_bound
+  radius = jnp.where(on, 1.0, jax.random.uniform(k_rad, shape[:-1] + (1,), dtype))
+  return (M * radius * g).astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# Theorem 3.1: the unitary equivalent of a contractive ReLU RNN.
+
+
+def unitary_equivalent(params: RNNParams, input_bound: float) -> RNNParams:
+  """Theorem 3.1: a 2n-state URNN with the same outputs as a contractive ReLU RNN.
+
+  Given Theta = (W, F, b, C, h0) with ``||W||_2 < 1`` and n states, returns
+  Theta_u = (W_u, F_u, b_u, C_u, h0_u) with 2n states (Appendix A, eq. 8)::
+
+      W_u = [[W,  W2],      F_u = [F; 0],   b_u = [b; -B 1],
+             [W3, W4]],     C_u = [C  0],   h0_u = [h0; 0],
+
+  where ``B = state_bound(params, input_bound) = max(||h0||, M_h)`` and the
+  blocks are the Halmos unitary dilation of the contraction W::
+
+      W3 = (I - W^T W)^(1/2),   W2 = (I - W W^T)^(1/2),   W4 = -W^T.
+
+  With the SVD W = U S V^T and Cs = (I - S^2)^(1/2) this is
+  ``W_u = diag(U, V) [[S, Cs], [Cs, -S]] diag(V, U)^T``, a product of
+  orthogonal matrices, so ``W_u^T W_u = I`` to rounding (~1e-15 in float64).
+  W3 is the paper's choice; W2 and W4 are one completion of the orthonormal
+  columns [W; W3] to an orthogonal matrix. W_u's top-left block is W itself,
+  bit for bit.
+
+  Why the outputs agree (Appendix A, extended to h0 != 0): write
+  h_u = [h1; h2]. Claim: ``h1(k) = h(k)`` and ``h2(k) = 0`` for all k >= -1.
+  At k = -1 this is h0_u = [h0; 0]. If it holds at k - 1, then
+  ``h1(k) = relu(W h(k-1) + W2 0 + F x(k) + b) = h(k)`` and, since
+  ``||h(k-1)||_2 <= B`` (:func:`state_bound`, which covers h(-1) = h0 because
+  B >= ||h0||) and ``||W3||_2 <= 1``::
+
+      W3 h(k-1) + W4 0 + b2 = W3 h(k-1) - B 1 <= ||W3 h(k-1)||_inf - B <= 0,
+
+  so ``h2(k) = relu(...) = 0``. Hence ``y_u(k) = C h1(k) = y(k)``.
+
+  Scope: the equivalence is exact only for the **ReLU** activation (it uses
+  relu(t) = 0 for t <= 0; a smooth activation does not zero the extra states,
+  cf. Theorem 4.1) and only for **bounded inputs**, ``||x(k)||_2 <=
+  input_bound`` at every step (check with :func:`check_input_bound`). In
+  floating point the two simulations differ only by rounding (the extra
+  states are exactly 0; the summation order of the matmul may differ).
+
+  Args:
+    params: a single contractive RNN (``||W||_2 < 1``), any h0.
+    input_bound: M >= 0.
+
+  Returns:
+    ``RNNParams`` of the 2n-state URNN, in ``params``' dtype.
+
+  Raises:
+    ValueError: if ``||W||_2 >= 1`` (the message gives the measured norm), or
+      if ``input_bound`` is negative or not finite.
+  """
+  M = _check_bound("unitary_equivalent", "input_bound", input_bound)
+  return _dilation("unitary_equivalent", params, lambda: state_bound(params, M))
+
+
+def unitary_dilation(params: RNNParams, garbage_bias: float) -> RNNParams:
+  """The 2n-state URNN of Theorem 3.1 with a chosen bias ``b2 = -garbage_bias``.
+
+  Same W_u, F_u, C_u, h0_u as :func:`unitary_equivalent`, which is
+  ``unitary_dilation(params, state_bound(params, M))``. With another
+  activation than ReLU the extra states are not zeroed exactly, e.g. for the
+  **sigmoid** they are ``h2 = sigmoid(W3 h1 + W4 h2 - B) ~ e^-B`` (h1 lies in
+  (0, 1)^n), and they perturb h1 through W2 by O(e^-B): the outputs approach
+  the sigmoid RNN's exponentially fast in B, reaching float64 rounding near
+  B ~ 37, but are never exactly equal (W2 is invertible and h2 > 0), in line
+  with Theorem 4.1.
+
+  Raises:
+    ValueError: if ``||W||_2 >= 1`` or ``garbage_bias`` is negative or not
+      finite.
+  """
+  B = _check_bound("unitary_dilation", "garbage_bias", garbage_bias)
+  return _dilation("unitary_dilation", params, lambda: B)
+
+
+def _dilation(fn: str, params: RNNParams, garbage_bias: Callable[[], float]) -> RNNParams:
+  W, F, b, C, h0 = _single_params(fn, params)
+  rho = spectral_norm(W)
+  if not rho < 1.0:
+    raise ValueError(
+        f"{fn}: Theorem 3.1 needs a contractive RNN, ||W||_2 < 1;"
+        f" the measured spectral norm of params.W is {rho!r} >= 1. Shrink W,"
+        " e.g. urnn_jax.orthogonal.clip_singular_values(W, 0.99)."
+    )
+  bound = garbage_bias()
+  n = W.shape[0]
+  u, s, vt = np.linalg.svd(W)
+  cs = np.sqrt((1.0 - s) * (1.0 + s))  # (1 - s^2)^(1/2), accurate near s = 1
+  v = vt.T
+  w3 = (v * cs) @ v.T  # (I - W^T W)^(1/2)
+  w2 = (u * cs) @ u.T  # (I - W W^T)^(1/2)
+  w_u = np.block([[W, w2], [w3, -W.T]])
+  m = F.shape[1]
+  f_u = np.concatenate([F, np.zeros((n, m))], axis=0)
+  b_u = np.concatenate([b, -bound * np.ones(n)])
+  c_u = np.concatenate([C, np.zeros_like(C)], axis=1)
+  h0_u = np.concatenate([h0, np.zeros(n)])
+  return RNNParams(
+      W=_like(w_u, params.W), F=_like(f_u, params.F), b=_like(b_u, params.b),
+      C=_like(c_u, params.C), h0=_like(h0_u, params.h0))
+
+
+# ---------------------------------------------------------------------------
+# Eq. (4): similarity transforms, and an equivalence check.
+
+
+def _is_monomial(t: np.ndarray, *, positive: bool, unit: bool) -> bool:
+  """One nonzero per row and column (a permuted diagonal matrix)."""
+  nz = t != 0
+  if not (np.all(nz.sum(axis=0) == 1) and np.all(nz.sum(axis=1) == 1)):
+    return False
+  vals = t[nz]
+  if positive and not np.all(vals > 0):
+    return False
+  if unit and not np.all(vals == 1):
+    return False
+  return True
+
+
+def similarity_transform(params: RNNParams, T, activation: Activation = "identity") -> RNNParams:
+  """Eq. (4): the equivalent RNN with hidden state T h.
+
+  ::
+
+      W -> T W T^-1,   F -> T F,   b -> T b,   C -> C T^-1,   h0 -> T h0.
+
+  (The paper states eq. (4) for linear systems with b = 0; with a bias,
+  b -> T b.) The states map to ``T h(k)`` and the outputs are unchanged when
+  T commutes with the activation, ``phi(T z) = T phi(z)``:
+
+  * ``"identity"``: any invertible T;
+  * ``"relu"``, ``"leaky_relu"``, ``"abs"``: a positive diagonal T (these
+    activations are positively homogeneous). Positive diagonal matrices with
+    permuted rows (relabelling the states) are also accepted;
+  * any other activation (sigmoid, tanh, callables): permutation matrices
+    only.
+
+  Args:
+    params: a single RNN.
+    T: ``(n, n)`` invertible matrix.
+    activation: the activation the RNN is run with; decides which T are
+      symmetries.
+
+  Returns:
+    The transformed ``RNNParams`` in ``params``' dtype.
+
+  Raises:
+    ValueError: if T has the wrong shape, is singular, or is not a symmetry
+      of ``activation`` (e.g. a non-diagonal T for ReLU).
+  """
+  W, F, b, C, h0 = _single_params("similarity_transform", params)
+  n = W.shape[0]
+  t = np.asarray(T, dtype=np.float64)
+  if t.shape != (n, n):
+    raise ValueError(
+        f"similarity_transform: T must have shape (n, n) = ({n}, {n}) to match"
+        f" params.W, got shape {t.shape}."
+    )
+  if not np.all(np.isfinite(t)):
+    raise ValueError("similarity_transform: T has non-finite entries.")
+  cond = float(np.linalg.cond(t)) if n else 1.0
+  if not cond < 1.0 / (n * np.finfo(np.float64).eps):
+    raise ValueError(
+        f"similarity_transform: T must be invertible; its condition number is"
+        f" {cond:.3g}."
+    )
+  name = activation if isinstance(activation, str) else None
+  if name is not None:
+    get_activation(name)  # validates the name
+  if name == "identity":
+    pass
+  elif name in _POSITIVELY_HOMOGENEOUS:
+    if not _is_monomial(t, positive=True, unit=False):
+      raise ValueError(
+          f"similarity_transform: for activation={name!r}, T must be a positive"
+          " diagonal matrix (optionally with permuted rows) so that"
+          " phi(T z) = T phi(z); got T with off-diagonal or non-positive"
+          f" entries:\n{t}"
+      )
+  elif not _is_monomial(t, positive=True, unit=True):
+    raise ValueError(
+        f"similarity_transform: for activation={activation!r}, only permutation"
+        " matrices T commute with the activation; got a T that is not a"
+        f" permutation matrix:\n{t}"
+    )
+  t_inv_t = np.linalg.solve(t.T, np.eye(n))  # (T^-1)^T
+  t_inv = t_inv_t.T
+  return RNNParams(
+      W=_like(t @ W @ t_inv, params.W), F=_like(t @ F, params.F),
+      b=_like(t @ b, params.b), C=_like(C @ t_inv, params.C),
+      h0=_like(t @ h0, params.h0))
+
+
+def equivalent(params_a: RNNParams, params_b: RNNParams, x,
+               activation: Activation = "relu") -> float:
+  """The largest output difference ``max |G(x, Theta_a) - G(x, Theta_b)|``.
+
+  Both RNNs are simulated with :func:`urnn_jax.simulate` on the same inputs
+  ``x`` (``(..., T, m)``) and the same activation. Two RNNs are equivalent on
+  a set of inputs (eq. 3) when this is zero for every x in it; in floating
+  point, expect rounding-level values (~1e-12 in float64).
+
+  Returns:
+    The maximum absolute difference over batch, time and outputs, as a
+    Python float.
+
+  Raises:
+    ValueError: if the two RNNs have different input or output sizes.
+  """
+  check_params(params_a)
+  check_params(params_b)
+  if params_a.input_size != params_b.input_size or params_a.output_size != params_b.output_size:
+    raise ValueError(
+        "equivalent: the RNNs must map the same inputs to the same outputs;"
+        f" params_a has (m, p) = ({params_a.input_size}, {params_a.output_size}),"
+        f" params_b has ({params_b.input_size}, {params_b.output_size})."
+    )
+  ya = _simulate(params_a, x, activation)
+  yb = _simulate(params_b, x, activation)
+  return float(jnp.max(jnp.abs(ya - yb))) if ya.size else 0.0
+
+
+# ---------------------------------------------------------------------------
+# §3: degrees of freedom.
+
+DOF_KINDS = ("rnn", "urnn", "rnn_raw", "urnn_raw")
+
+
+def degrees_of_freedom(n: int, m: int, p: int, kind: str = "rnn") -> int:
+  """Parameter counts of §3 for an n-state RNN with m inputs and p outputs.
+
+  * ``"rnn"``: d_rnn = n^2 + (p + m) n, the raw count n^2 + (p + m + 1) n
+    less the n positive diagonal scalings of eq. (4) that leave a ReLU RNN's
+    map unchanged.
+  * ``"urnn"``: d_urnn = n (2n - 1) + 2n (p + m), the paper's count for the
+    **2n-state** URNN of Theorem 3.1: 2n (2n - 1) / 2 for the orthogonal
+    2n x 2n transition plus 2n (p + m) for F_u and C_u.
+  * ``"rnn_raw"``: n^2 + (p + m + 1) n (W, F, C and b; h0 not counted).
+  * ``"urnn_raw"``: n (2n - 1) + 2n (p + m + 1), the 2n-state URNN including
+    its 2n biases. The paper's d_urnn leaves the bias out, although a URNN
+    has no positive scaling symmetry that would absorb it (only the one
+    global scaling F, b -> c F, c b, C -> C / c), so this is the honest
+    upper bound for the URNN; d_rnn does subtract the RNN's scalings.
+
+  Args:
+    n: states of the original RNN (>= 1); the URNN kinds have 2n states.
+    m: inputs (>= 0).
+    p: outputs (>= 0).
+    kind: one of ``DOF_KINDS``.
+
+  Returns:
+    The count as an int.
+  """
+  for name, value, low in (("n", n, 1), ("m", m, 0), ("p", p, 0)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      raise TypeError(
+          f"degrees_of_freedom: {name} must be an int, got"
+          f" {type(value).__name__}: {value!r}."
+      )
+    if value < low:
+      raise ValueError(
+          f"degrees_of_freedom: {name} must be >= {low}, got {name}={value}."
+      )
+  n, m, p = int(n), int(m), int(p)
+  if kind == "rnn":
+    return n * n + (p + m) * n
+  if kind == "urnn":
+    return n * (2 * n - 1) + 2 * n * (p + m)
+  if kind == "rnn_raw":
+    return n * n + (p + m + 1) * n
+  if kind == "urnn_raw":
+    return n * (2 * n - 1) + 2 * n * (p + m + 1)
+  raise ValueError(
+      f"degrees_of_freedom: kind={kind!r} is not known; expected one of"
+      f" {DOF_KINDS}."
+  )
+
+
+# ---------------------------------------------------------------------------
+# Random and hand-made RNNs.
+
+
+def random_contractive_rnn(key, n: int, m: int, p: int, *, eps: float | None = 0.01,
+                           norm: float | None = None, bias_scale: float = 1.0,
+                           h0_scale: float = 0.0, dtype=None) -> RNNParams:
+  """A random contractive RNN: F, C, b (and h0) i.i.d. Gaussian.
+
+  The transition is the paper's teacher ``W = I - eps A^T A / ||A||_2^2``
+  (eq. 6, :func:`urnn_jax.initializers.contractive`) when ``norm`` is None,
+  else a Gaussian matrix rescaled to ``||W||_2 = norm``. F is scaled by
+  1/sqrt(m) and C by 1/sqrt(n).
+  """
+  dtype = jnp.dtype(dtype or jnp.result_type(float))
+  if norm is not None and not 0.0 < norm < 1.0:
+    raise ValueError(
+        f"random_contractive_rnn: norm must be in (0, 1), got norm={norm!r}."
+    )
+  if norm is None and not (eps is not None and 0.0 < eps < 1.0):
+    raise ValueError(
+        f"random_contractive_rnn: eps must be in (0, 1) when norm is None, got eps={eps!r}."
+    )
+  return _random_contractive_rnn(key, float(bias_scale), float(h0_scale), n=int(n), m=int(m),
+                                 p=int(p), eps=None if norm is not None else float(eps),
+                                 norm=None if norm is None else float(norm), dtype=dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "m", "p", "eps", "norm", "dtype"))
+def _random_contractive_rnn(key, bias_scale, h0_scale, *, n, m, p, eps, norm, dtype):
+  kw, kf, kb, kc, kh = jax.random.split(key, 5)
+  if norm is None:
+    W = initializers.contractive(eps)(kw, (n, n), dtype)
+  else:
+    g = jax.random.normal(kw, (n, n), dtype)
+    W = norm * g / jnp.linalg.norm(g, ord=2)
+  F = jax.random.normal(kf, (n, m), dtype) / math.sqrt(max(m, 1))
+  C = jax.random.normal(kc, (p, n), dtype) / math.sqrt(n)
+  b = bias_scale * jax.random.normal(kb, (n,), dtype)
+  h0 = h0_scale * jax.random.normal(kh, (n,), dtype)
+  return RNNParams(W, F, b, C, h0)
+
+
+def channel_rnn(decays: Sequence[float], *, dtype=None) -> RNNParams:
+  """n independent scalar ReLU channels: h_i(k) = relu(w_i h_i(k-1) + x_i(k)).
+
+  ``W = diag(decays)``, ``F = C = I``, ``b = h0 = 0``; with one decay this is
+  the scalar RNN y(k) = relu(w y(k-1) + x(k)) of :func:`tightness_demo`.
+  """
+  dtype = dtype or jnp.result_type(float)
+  w = jnp.asarray(decays, dtype)
+  if w.ndim != 1 or w.size == 0 or not bool(jnp.all(jnp.abs(w) < 1)):
+    raise ValueError(
+        f"channel_rnn: decays must be a non-empty 1-D sequence with |w_i| < 1,"
+        f" got {decays!r}."
+    )
+  n = w.shape[0]
+  eye = jnp.eye(n, dtype=dtype)
+  return RNNParams(jnp.diag(w), eye, jnp.zeros(n, dtype), eye, jnp.zeros(n, dtype))
+
+
+# ---------------------------------------------------------------------------
+# Linearization (Theorem 4.1).
+
+
+class Linearization(NamedTuple):
+  """The linearization of eq. (1) around a fixed point, for constant x*.
+
+  Small perturbations dx(k) of the input around x* move the state and
+  output by ``dh(k) = J dh(k-1) + B dx(k)``, ``dy(k) = C dh(k)``.
+
+  Attributes:
+    h_star: the fixed point ``h* = phi(W h* + F x* + b)``.
+    y_star: ``C h*``.
+    z_star: the pre-activation ``W h* + F x* + b``.
+    jacobian: ``J = diag(phi'(z*)) W``.
+    input_matrix: ``B = diag(phi'(z*)) F``.
+    output_matrix: ``C``.
+    eigenvalues: of J, by decreasing modulus (complex).
+    spectral_radius: ``max |eigenvalues|``.
+    iterations: fixed-point iterations used.
+    residual: ``max |phi(W h* + F x* + b) - h*|`` at the returned h*.
+  """
+
+  h_star: np.ndarray
+  y_star: np.ndarray
+  z_star: np.ndarray
+  jacobian: np.ndarray
+  input_matrix: np.ndarray
+  output_matrix: np.ndarray
+  eigenvalues: np.ndarray
+  spectral_radius: float
+  iterations: int
+  residual: float
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "max_iter"))
+def _linearize_core(params, x_star, tol, *, activation, max_iter):
+  """Fixed-point iteration, then J = d step / d h and B = d step / d x at h*."""
+  phi = get_activation(activation)
+  W, F, b = params.W, params.F, params.b
+  u = F @ x_star + b
+
+  def cond(state):
+    _, diff, it = state
+    return (diff > tol) & (it < max_iter)
+
+  def body(state):
+    h, _, it = state
+    h_new = phi(W @ h + u)
+    diff = jnp.max(jnp.abs(h_new - h)) / (1.0 + jnp.max(jnp.abs(h_new)))
+    return h_new, diff, it + 1
+
+  init = (params.h0.astype(W.dtype), jnp.asarray(jnp.inf, W.dtype), 0)
+  h, diff, iters = lax.while_loop(cond, body, init)
+  step = lambda hh: phi(W @ hh + u)  # noqa: E731
+  residual = jnp.max(jnp.abs(step(h) - h))
+  J = jax.jacfwd(step)(h)
+  B = jax.jacfwd(lambda xx: phi(W @ h + F @ xx + b))(x_star)
+  return h, diff, iters, W @ h + u, J, B, residual, params.C @ h
+
+
+def linearize(params: RNNParams, x_star, activation: Activation = "sigmoid", *,
+              tol: float | None = None, max_iter: int = 100_000) -> Linearization:
+  """Fixed point h* for the constant input x* and the Jacobian there.
+
+  h* solves ``h* = phi(W h* + F x* + b)``; it is found by the iteration
+  ``h <- phi(W h + F x* + b)`` from ``params.h0``, which converges
+  geometrically when the map is a contraction, i.e. when
+  ``||W||_2 max phi' < 1`` (a contractive RNN with a 1-Lipschitz activation,
+  or any URNN with the sigmoid, max phi' = 1/4). The Jacobian of the state
+  update at h* is ``J = diag(phi'(z*)) W`` (computed with ``jax.jacfwd``; for
+  ReLU, phi'(0) is taken as 0).
+
+  Its eigenvalues are what Theorem 4.1 is about: for a smooth activation with
+  positive slope, the input-output map near x* is, to first order, the
+  linear system (J, B, C), whose impulse response ``C J^k B`` decays at the
+  rate of J's eigenvalues (see :func:`small_signal_response`). For a URNN,
+  ``J_u = diag(phi'(z_u*)) W_u`` with W_u orthogonal, so
+  ``J_u J_u^T = diag(phi'(z_u*))^2``: J_u's singular values are exactly the
+  slopes phi'(z_u*), a constraint a general RNN's J does not satisfy. For the
+  ReLU construction of :func:`unitary_equivalent`, the extra states are
+  clamped at zero (phi' = 0), J_u = [[J, *], [0, 0]], and its eigenvalues are
+  J's plus n zeros: ReLU hides the extra eigenvalues.
+
+  Args:
+    params: a single RNN.
+    x_star: the constant input, ``(m,)``.
+    activation: name or elementwise callable.
+    tol: relative stopping tolerance of the iteration; default ``64 eps``.
+    max_iter: iteration cap.
+
+  Returns:
+    A :class:`Linearization` (NumPy arrays).
+
+  Raises:
+    ValueError: if ``x_star`` has the wrong shape or the iteration does not
+      converge within ``max_iter`` (the message gives the residual).
+  """
+  check_params(params)
+  W = jnp.asarray(params.W)
+  if W.ndim != 2:
+    raise ValueError(
+        f"linearize: params must describe a single RNN with W of shape (n, n), got"
+        f" W of shape {W.shape}."
+    )
+  dtype = W.dtype
+  x_star = jnp.asarray(x_star, dtype)
+  m = params.input_size
+  if x_star.shape != (m,):
+    raise ValueError(
+        f"linearize: x_star must have shape (m,) = ({m},), got shape"
+        f" {x_star.shape}."
+    )
+  if tol is None:
+    tol = 64.0 * float(jnp.finfo(dtype).eps)
+  h, diff, iters, z, J, B, residual, y = _linearize_core(
+      params, x_star, jnp.asarray(tol, dtype), activation=activation, max_iter=int(max_iter))
+  if not float(diff) <= tol:
+    raise ValueError(
+        f"linearize: the fixed-point iteration did not converge in"
+        f" max_iter={max_iter} iterations (last relative change {float(diff):.3g},"
+        f" tol={tol:.3g}); the state map may not be a contraction."
+    )
+  J = np.asarray(J, dtype=np.float64)
+  eig = np.linalg.eigvals(J) if J.size else np.zeros(0, complex)
+  eig = eig[np.argsort(-np.abs(eig), kind="stable")]
+  return Linearization(
+      h_star=np.asarray(h), y_star=np.asarray(y), z_star=np.asarray(z),
+      jacobian=J, input_matrix=np.asarray(B, np.float64),
+      output_matrix=np.asarray(params.C, np.float64), eigenvalues=eig,
+      spectral_radius=float(np.max(np.abs(eig))) if eig.size else 0.0,
+      iterations=int(iters), residual=float(residual))
+
+
+def small_signal_response(params: RNNParams, x_star, activation: Activation = "sigmoid", *,
+                          direction=None, delta: float = 1e-4, steps: int = 20,
+                          lin: Linearization | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The response to a small input impulse around x*, measured and predicted.
+
+  The RNN starts at its fixed point h* (so that y(k) = y* without the
+  impulse) and receives ``x(0) = x* +- delta d``, ``x(k) = x*`` for k >= 1.
+  Returns ``(measured, predicted)``, each ``(steps, p)``::
+
+      measured[k]  = (y_+(k) - y_-(k)) / (2 delta)   (nonlinear simulation)
+      predicted[k] = C J^k B d                        (the linearization)
+
+  The central difference makes them agree to O(delta^2): the input-output
+  map itself carries the eigenvalues of J, which can be read back from the
+  measured response alone (:func:`response_eigenvalues`, :func:`decay_rate`).
+  """
+  lin = lin or linearize(params, x_star, activation)
+  dtype = jnp.asarray(params.W).dtype
+  m = params.input_size
+  d = jnp.ones((m,), dtype) / math.sqrt(m) if direction is None else jnp.asarray(direction, dtype)
+  x_star = jnp.asarray(x_star, dtype)
+  xs = jnp.broadcast_to(x_star, (2, steps, m))
+  xs = xs.at[0, 0].add(delta * d).at[1, 0].add(-delta * d)
+  at_rest = params._replace(h0=jnp.asarray(lin.h_star, dtype))
+  y = np.asarray(_simulate(at_rest, xs, activation), np.float64)
+  measured = (y[0] - y[1]) / (2.0 * delta)
+  predicted = np.zeros_like(measured)
+  v = lin.input_matrix @ np.asarray(d, np.float64)
+  for k in range(steps):
+    predicted[k] = lin.output_matrix @ v
+    v = lin.jacobian @ v
+  return measured, predicted
+
+
+def response_eigenvalues(response, order: int, *, rel_floor: float = 1e-9) -> np.ndarray:
+  """The poles of a linear system read from its impulse response (Ho-Kalman).
+
+  ``response[k] = C A^k b`` (``(steps, p)``, k = 0, 1, ...) for an unknown
+  system of the given ``order``. With the block Hankel matrices
+  ``H0[i, j] = g(i + j)`` and ``H1[i, j] = g(i + j + 1)`` and the rank-
+  ``order`` SVD ``H0 ~ U S V^T``, the matrix
+  ``S^-1/2 U^T H1 V S^-1/2`` is similar to A on its controllable and
+  observable part, so its eigenvalues are the poles visible in the response.
+  Only steps with ``||g(k)|| > rel_floor * max ||g||`` are used (the rest are
+  rounding noise).
+
+  Returns:
+    The eigenvalues by decreasing modulus (complex).
+  """
+  g = np.asarray(response, np.float64)
+  g = g.reshape(g.shape[0], -1)
+  norms = np.linalg.norm(g, axis=1)
+  usable = np.nonzero(norms > rel_floor * norms.max())[0]
+  steps = int(usable.max()) + 1 if usable.size else 0
+  cols = (steps - 1) // 2
+  rows = steps - 1 - cols
+  if order < 1 or min(rows * g.shape[1], cols) < order:
+    raise ValueError(
+        f"response_eigenvalues: {steps} usable steps of a response with"
+        f" {g.shape[1]} outputs cannot identify order={order}; measure more"
+        " steps or a larger response."
+    )
+  h0 = np.concatenate([np.stack([g[i + j] for j in range(cols)], axis=1) for i in range(rows)])
+  h1 = np.concatenate([np.stack([g[i + j + 1] for j in range(cols)], axis=1) for i in range(rows)])
+  u, s, vt = np.linalg.svd(h0)
+  u, s, v = u[:, :order], s[:order], vt[:order].T
+  w = 1.0 / np.sqrt(s)
+  a = (w[:, None] * (u.T @ h1 @ v)) * w[None, :]
+  eig = np.linalg.eigvals(a)
+  return eig[np.argsort(-np.abs(eig), kind="stable")]
+
+
+def decay_rate(response, *, floor: float = 1e-9) -> float:
+  """The geometric decay rate of a response sequence ``(steps, p)``.
+
+  Fits ``log ||r(k)||_2 = a + k log(rate)`` by least squares over the second
+  half of the steps where ``||r(k)|| > floor * max_k ||r(k)||`` (the tail,
+  where the dominant eigenvalue modulus rules). Returns NaN when fewer than
+  two steps qualify.
+  """
+  r = np.linalg.norm(np.asarray(response, np.float64).reshape(len(response), -1), axis=-1)
+  if not r.size or r.max() == 0:
+    return float("nan")
+  ok = np.nonzero(r > floor * r.max())[0]
+  last = ok.max() if ok.size else -1
+  ks = np.arange(last // 2, last + 1)
+  ks = ks[r[ks] > 0]
+  if ks.size < 2:
+    return float("nan")
+  slope = np.polyfit(ks, np.log(r[ks]), 1)[0]
+  return float(np.exp(slope))
+
+
+# ---------------------------------------------------------------------------
+# Fitting URNNs by gradient descent (the demonstrations).
+
+
+class URNNFit(NamedTuple):
+  """A URNN fitted to a target RNN's input-output map (best restart).
+
+  Attributes:
+    params: the best restart's ``RNNParams`` (W orthogonal).
+    train_nmse: its normalised MSE on the training inputs.
+    test_nmse: its normalised MSE on held-out inputs; NMSE = mean squared
+      error / variance of the target outputs.
+    test_max_abs: its largest absolute output error on the held-out inputs.
+    restart_train_nmse: every restart's training NMSE.
+    restart_test_nmse: every restart's held-out NMSE.
+    restart_det: det(W) = +-1 of every restart (half the restarts search each
+      component of O(N)).
+    history: the best restart's training NMSE per step.
+  """
+
+  params: RNNParams
+  train_nmse: float
+  test_nmse: float
+  test_max_abs: float
+  restart_train_nmse: np.ndarray
+  restart_test_nmse: np.ndarray
+  restart_det: np.ndarray
+  history: np.ndarray
+
+
+def _urnn_params(raw, sign) -> RNNParams:
+  """W = cayley(skew(A)) diag(sign, 1, ..., 1), dense in O(N) over sign = +-1.
+
+  The Cayley transform (I - S/2)^-1 (I + S/2) of the skew part S reaches every
+  rotation without eigenvalue -1, and compiles much faster under ``grad``
+  than ``expm``.
+  """
+  W = orthogonal.cayley(orthogonal.skew(raw["A"]))
+  flip = jnp.ones(W.shape[-1], W.dtype).at[0].set(sign)
+  return RNNParams(W * flip[None, :], raw["F"], raw["b"], raw["C"], raw["h0"])
+
+
+def _init_raw(key, n_states, m, p, dtype):
+  ka, kf, kb, kc = jax.random.split(key, 4)
+  return {
+      "A": jax.random.normal(ka, (n_states, n_states), dtype) / math.sqrt(n_states),
+      "F": jax.random.normal(kf, (n_states, m), dtype) / math.sqrt(max(m, 1)),
+      "b": 0.1 * jax.random.normal(kb, (n_states,), dtype),
+      "C": jax.random.normal(kc, (p, n_states), dtype) / math.sqrt(n_states),
+      "h0": jnp.zeros((n_states,), dtype),
+  }
+
+
+@functools.partial(jax.jit, static_argnames=("n_states", "m", "p", "dtype"))
+def _init_raws(keys, *, n_states, m, p, dtype):
+  return jax.vmap(lambda k: _init_raw(k, n_states, m, p, dtype))(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "steps", "learning_rate"))
+def _fit_restarts(raws, signs, x, y, scale, *, activation, steps, learning_rate):
+  schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-2)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+
+  def loss_fn(raw, sign):
+    y_hat = _simulate(_urnn_params(raw, sign), x, activation)
+    return jnp.mean((y_hat - y) ** 2) / scale
+
+  def one(raw, sign):
+    def step(carry, _):
+      raw, opt_state = carry
+      loss, grads = jax.value_and_grad(loss_fn)(raw, sign)
+      updates, opt_state = tx.update(grads, opt_state, raw)
+      return (optax.apply_updates(raw, updates), opt_state), loss
+
+    (raw, _), history = lax.scan(step, (raw, tx.init(raw)), None, length=steps)
+    return raw, history, loss_fn(raw, sign)
+
+  return jax.vmap(one)(raws, signs)
+
+
+@functools.partial(jax.jit, static_argnames=("activation",))
+def _eval_restarts(raws, signs, x, y, *, activation):
+  def one(raw, sign):
+    params = _urnn_params(raw, sign)
+    y_hat = simulate(params, x, activation)
+    return jnp.mean((y_hat - y) ** 2), jnp.max(jnp.abs(y_hat - y)), params
+
+  return jax.vmap(one)(raws, signs)
+
+
+def _nmse(y_hat, y):
+  y = np.asarray(y, np.float64)
+  var = np.mean((y - y.mean(axis=tuple(range(y.ndim - 1)))) ** 2)
+  return float(np.mean((np.asarray(y_hat, np.float64) - y) ** 2) / max(var, 1e-300))
+
+
+def fit_urnn(target: RNNParams, n_states: int, x_train, x_test, *, key,
+             activation: Activation = "relu", target_activation: Activation | None = None,
+             steps: int = 2000, restarts: int = 4, learning_rate: float = 1e-2) -> URNNFit:
+  """Fits an N-state URNN to a target RNN's input-output map by gradient descent.
+
+  The URNN's transition is ``W = cayley((A - A^T)/2) diag(s, 1, ..., 1)``
+  (:func:`urnn_jax.orthogonal.cayley`) with s = +1 for half the restarts and
+  s = -1 for the other half, so both connected components of O(N) are
+  searched (for N = 1 these are exactly
+  W = +1 and W = -1). W, F, b, C and h0 are trained with Adam (cosine
+  learning-rate decay, gradient clipping) on the normalised MSE against the
+  target's outputs; the restarts run in parallel under ``jax.vmap``.
+
+  This is a numerical experiment: a residual that stays away from zero
+  across restarts is evidence, not proof, that no N-state URNN matches.
+
+  Args:
+    target: the RNN to imitate.
+    n_states: N, the URNN's hidden size.
+    x_train, x_test: inputs ``(batch, T, m)``.
+    key: PRNG key for the initialisations.
+    activation: the URNN's activation.
+    target_activation: the target's (default: ``activation``).
+    steps: Adam steps.
+    restarts: random initialisations (>= 1).
+    learning_rate: peak learning rate.
+  """
+  if int(n_states) < 1 or int(restarts) < 1:
+    raise ValueError(
+        f"fit_urnn: n_states and restarts must be >= 1, got n_states={n_states},"
+        f" restarts={restarts}."
+    )
+  target_activation = activation if target_activation is None else target_activation
+  x_train = jnp.asarray(x_train)
+  x_test = jnp.asarray(x_test)
+  dtype = x_train.dtype
+  y_train = _simulate(target, x_train, target_activation)
+  y_test = _simulate(target, x_test, target_activation)
+  y_np = np.asarray(y_train, np.float64)
+  scale = float(np.mean((y_np - y_np.mean(axis=(0, 1))) ** 2))
+  scale = max(scale, 1e-300)
+  keys = jax.random.split(key, restarts)
+  m, p = target.input_size, target.output_size
+  raws = _init_raws(keys, n_states=int(n_states), m=m, p=p, dtype=jnp.dtype(dtype))
+  signs = jnp.asarray(np.where(np.arange(restarts) % 2 == 0, 1.0, -1.0), dtype)
+  raws, history, final = _fit_restarts(
+      raws, signs, x_train, y_train, jnp.asarray(scale, dtype), activation=activation,
+      steps=int(steps), learning_rate=float(learning_rate))
+  final = np.asarray(final, np.float64)
+  final = np.where(np.isfinite(final), final, np.inf)
+  sq_err, max_abs, params_all = _eval_restarts(raws, signs, x_test, y_test, activation=activation)
+  y_t = np.asarray(y_test, np.float64)
+  var = max(float(np.mean((y_t - y_t.mean(axis=tuple(range(y_t.ndim - 1)))) ** 2)), 1e-300)
+  test = np.asarray(sq_err, np.float64) / var
+  max_abs = np.asarray(max_abs, np.float64)
+  best = int(np.argmin(final))
+  best_params = jax.tree.map(lambda v: v[best], params_all)
+  return URNNFit(
+      params=best_params, train_nmse=float(final[best]), test_nmse=float(test[best]),
+      test_max_abs=float(max_abs[best]), restart_train_nmse=final,
+      restart_test_nmse=test, restart_det=np.asarray(signs, np.float64),
+      history=np.asarray(history[best], np.float64))
+
+
+def near_equivalent_channel_urnn(decays: Sequence[float], scale: float,
+                                 input_bound: float = 1.0) -> RNNParams:
+  """An (n+1)-state URNN whose map approaches the n-channel RNN's as scale -> 0.
+
+  Theorem 3.2 is about *exact* equivalence. This family shows that the
+  approximation gap can still vanish with fewer than 2n states: for
+  :func:`channel_rnn` ``(decays)`` (n channels, ``h_i = relu(w_i h_i + x_i)``)
+  it builds a URNN with n channel states and one shared "garbage" state g.
+
+  Column i of W_u (the influence of channel state i) is ``w_i`` on row i,
+  zero on rows j < i, and on rows (i+1, ..., n-1, g) the vector of norm
+  ``sqrt(1 - w_i^2)`` orthogonal to the columns already built (a one-
+  dimensional complement). So channel i leaks into the garbage state (zeroed
+  by the ReLU with bias ``-B``, B an upper bound of its pre-activation) *and*
+  into the larger channels j > i. Channel i is carried at scale
+  ``s_i = scale^(n-1-i)`` (F_u = diag(s), C_u = diag(1/s)), so its pollution
+  of channel j is suppressed by ``s_i / s_j <= scale``: the output error is
+  O(scale), while ``||C_u||`` grows like ``scale^-(n-1)``. For n = 1 there is
+  no pollution and this is the exact 2-state construction. Exact equality for
+  n >= 2 would need ``scale = 0``, which the family never reaches.
+
+  Args:
+    decays: ``w_i`` with ``0 < |w_i| < 1``.
+    scale: in (0, 1].
+    input_bound: M, the bound on ``||x(k)||_2``.
+  """
+  w = np.asarray(decays, dtype=np.float64)
+  if w.ndim != 1 or w.size == 0 or not np.all((np.abs(w) < 1) & (w != 0)):
+    raise ValueError(
+        "near_equivalent_channel_urnn: decays must be a non-empty 1-D sequence"
+        f" with 0 < |w_i| < 1, got {decays!r}."
+    )
+  if not 0.0 < float(scale) <= 1.0:
+    raise ValueError(
+        f"near_equivalent_channel_urnn: scale must be in (0, 1], got scale={scale!r}."
+    )
+  M = _check_bound("near_equivalent_channel_urnn", "input_bound", input_bound)
+  n = w.size
+  cols = np.zeros((n + 1, n + 1))
+  for i in reversed(range(n)):
+    built = cols[i + 1:, i + 1:n]  # later columns on rows i+1..g
+    q, _ = np.linalg.qr(built, mode="complete")
+    v = q[:, -1]
+    v = v if v[-1] >= 0 else -v
+    cols[i, i] = w[i]
+    cols[i + 1:, i] = math.sqrt((1.0 - w[i]) * (1.0 + w[i])) * v
+  q, _ = np.linalg.qr(cols[:, :n], mode="complete")
+  cols[:, n] = q[:, -1]
+  s = float(scale) ** np.arange(n - 1, -1, -1, dtype=np.float64)
+  # Elementwise bounds H_j >= |h_j(k)|, by the lower-triangular recursion.
+  H = np.zeros(n)
+  for j in range(n):
+    H[j] = (s[j] * M + np.abs(cols[j, :j]) @ H[:j]) / (1.0 - abs(w[j]))
+  bound = float(np.abs(cols[n, :n]) @ H)
+  F = np.zeros((n + 1, n))
+  F[np.arange(n), np.arange(n)] = s
+  C = np.zeros((n, n + 1))
+  C[np.arange(n), np.arange(n)] = 1.0 / s
+  b = np.zeros(n + 1)
+  b[n] = -bound
+  dtype = jnp.result_type(float)
+  return RNNParams(*(jnp.asarray(a, dtype) for a in (cols, F, b, C, np.zeros(n + 1))))
+
+
+# ---------------------------------------------------------------------------
+# The experiments behind ``python -m train.equivalence``.
+
+
+def _noop(msg: str) -> None:
+  del msg
+
+
+def _eig_list(eig) -> list[list[float]]:
+  return [[float(np.real(e)), float(np.imag(e))] for e in np.asarray(eig)]
+
+
+@functools.partial(jax.jit, static_argnames=("iterations",))
+def _calibrate_bias(params: RNNParams, x, active_fraction: float = 0.6,
+                    iterations: int = 30) -> RNNParams:
+  """Sets b so that each ReLU state is on about ``active_fraction`` of the time.
+
+  A light version of the paper's §5 procedure (so that no state is dead and
+  the outputs are not all zero): a simultaneous bisection on every b_i, each
+  moved by its own state's activity on the calibration inputs ``x``.
+  """
+  span = jnp.sum(jnp.abs(params.F), axis=1) * jnp.max(jnp.abs(x)) + jnp.abs(params.b) + 1.0
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    _, h = simulate(params._replace(b=mid), x, "relu", return_states=True)
+    frac = jnp.mean(h > 0, axis=tuple(range(h.ndim - 1)))
+    too_active = frac > active_fraction
+    return jnp.where(too_active, lo, mid), jnp.where(too_active, mid, hi)
+
+  lo, hi = lax.fori_loop(0, iterations, body, (-span, span))
+  return params._replace(b=0.5 * (lo + hi))
+
+
+@jax.jit
+def _table_metrics(params, urnn, x):
+  n = params.W.shape[-1]
+  y = simulate(params, x, "relu")
+  y_u, h_u = simulate(urnn, x, "relu", return_states=True)
+  return (jnp.max(jnp.abs(y_u - y)), jnp.max(jnp.abs(y)), jnp.max(jnp.abs(h_u[..., n:])),
+          jnp.mean(h_u[..., :n] > 0), jnp.max(jnp.linalg.norm(h_u[..., :n], axis=-1)))
+
+
+def _orth_error(w) -> float:
+  """||W^T W - I||_F in NumPy float64 (as urnn_jax.orthogonal.orthogonality_error)."""
+  w = np.asarray(w, np.float64)
+  return float(np.linalg.norm(w.T @ w - np.eye(w.shape[-1])))
+
+
+def equivalence_table(ns: Sequence[int] = (1, 2, 4, 8, 16, 64), *, key, m: int = 2,
+                      p: int = 2, steps: int = 1000, batch: int = 32,
+                      input_bound: float = 1.0, eps: float = 0.01,
+                      log: Callable[[str], None] = _noop) -> list[dict[str, Any]]:
+  """Theorem 3.1 on random contractive ReLU RNNs, one row per n.
+
+  Each RNN has the paper's teacher transition (eq. 6, ``eps``), Gaussian F,
+  C and h0 (exercising the h0 != 0 extension), and biases shifted so that
+  each state is active about 60% of the time (as in the paper's §5). The row holds
+  the construction's orthogonality error ``||W_u^T W_u - I||_F``, the largest
+  output difference over ``batch`` input sequences of ``steps`` steps
+  (half the steps on the sphere ``||x(k)|| = input_bound``, half inside), the
+  largest magnitude of the extra states h2 (exactly 0 in theory), the state
+  bound, and the parameter counts of §3.
+  """
+  rows = []
+  for i, n in enumerate(ns):
+    t0 = time.perf_counter()
+    k_rnn, k_x = jax.random.split(jax.random.fold_in(key, i))
+    params = random_contractive_rnn(k_rnn, int(n), m, p, eps=eps, h0_scale=1.0)
+    x = bounded_inputs(k_x, (batch, steps, m), input_bound)
+    params = _calibrate_bias(params, x[: max(1, batch // 4)])
+    urnn = unitary_equivalent(params, input_bound)
+    max_norm = check_input_bound(x, input_bound)
+    dy, max_y, max_h2, active, max_h = _table_metrics(params, urnn, x)
+    row = {
+        "n": int(n), "m": m, "p": p, "urnn_states": 2 * int(n),
+        "W_norm": spectral_norm(params.W),
+        "state_bound": state_bound(params, input_bound),
+        "max_state_norm": float(max_h),
+        "orthogonality_error": _orth_error(urnn.W),
+        "max_abs_dy": float(dy),
+        "max_abs_y": float(max_y),
+        "max_abs_h2": float(max_h2),
+        "active_fraction": float(active),
+        "negative_biases": int(jnp.sum(params.b < 0)),
+        "max_input_norm": max_norm,
+        "d_rnn": degrees_of_freedom(int(n), m, p, "rnn"),
+        "d_urnn": degrees_of_freedom(int(n), m, p, "urnn"),
+        "rnn_raw": degrees_of_freedom(int(n), m, p, "rnn_raw"),
+        "urnn_raw": degrees_of_freedom(int(n), m, p, "urnn_raw"),
+    }
+    row["seconds"] = time.perf_counter() - t0
+    rows.append(row)
+    log(f"theorem 3.1  n={n:3d}: orth err {row['orthogonality_error']:.2e},"
+        f" max|dy| {row['max_abs_dy']:.2e} (|y| <= {row['max_abs_y']:.3g}),"
+        f" {row['seconds']:.1f}s")
+  return rows
+
+
+def bound_violation_demo(decay: float = 0.5, input_bound: float = 1.0,
+                         factors: Sequence[float] = (1.0, 1.1, 1.15, 1.2, 1.5, 3.0),
+                         steps: int = 50) -> dict[str, Any]:
+  """The input bound is real: constant inputs above it break Theorem 3.1.
+
+  For the scalar RNN ``y(k) = relu(w y(k-1) + x(k))`` and the constant input
+  ``x(k) = c M``, the state settles at ``c M / (1 - w)`` and the garbage
+  pre-activation of the construction at ``(sqrt(1 - w^2) c - 1) M / (1 - w)``,
+  which turns positive, and the outputs part, once
+  ``c > 1 / sqrt(1 - w^2)`` (1.1547 for w = 1/2). Below that the bound has
+  slack (it uses ||W3|| <= 1).
+  """
+  params = channel_rnn([decay])
+  urnn = unitary_equivalent(params, input_bound)
+  rows = []
+  for c in factors:
+    x = jnp.full((1, steps, 1), c * input_bound, params.W.dtype)
+    rows.append({"factor": float(c), "max_input_norm": float(c * input_bound),
+                 "max_abs_dy": equivalent(params, urnn, x, "relu")})
+  return {"decay": float(decay), "input_bound": float(input_bound),
+          "threshold_factor": 1.0 / math.sqrt(1.0 - decay ** 2), "rows": rows}
+
+
+def _default_decays(n: int) -> list[float]:
+  return [0.5] if n == 1 else [float(v) for v in np.linspace(0.5, 0.8, n)]
+
+
+def tightness_demo(*, key, channels: Sequence[int] = (1, 2), steps: int = 32,
+                   batch: int = 32, test_batch: int = 64, fit_steps: int = 1500,
+                   restarts: int = 8, input_bound: float = 1.0,
+                   scales: Sequence[float] = (1.0, 0.1, 0.01, 0.001),
+                   log: Callable[[str], None] = _noop) -> dict[str, Any]:
+  """Theorem 3.2 (2n states are needed): a numerical demonstration, not a proof.
+
+  For each n in ``channels`` the target is :func:`channel_rnn`: n independent
+  scalar ReLU channels ``h_i = relu(w_i h_i + x_i)`` (n = 1: the scalar RNN
+  ``y(k) = relu(y(k-1)/2 + x(k))``). For N = n, ..., 2n, URNNs with N states
+  are fitted by gradient descent (:func:`fit_urnn`, ``restarts`` restarts
+  over both components of O(N); for N = 1 that is W = +1 and W = -1) and
+  their held-out NMSE is reported, per sign of det W for N = n. The 2n-state
+  construction of :func:`unitary_equivalent` is checked to be exact. For
+  n >= 2 the (n+1)-state family :func:`near_equivalent_channel_urnn` is
+  evaluated over ``scales``: its error falls like the scale, i.e. fewer than
+  2n states can approximate the map arbitrarily well, though (as far as these
+  experiments show) never exactly.
+  """
+  out = []
+  for n in channels:
+    n = int(n)
+    decays = _default_decays(n)
+    target = channel_rnn(decays)
+    kn = jax.random.fold_in(key, n)
+    k_tr, k_te, k_fit = jax.random.split(kn, 3)
+    x_train = bounded_inputs(k_tr, (batch, steps, n), input_bound)
+    x_test = bounded_inputs(k_te, (test_batch, steps, n), input_bound)
+    y_test = _simulate(target, x_test, "relu")
+    urnn = unitary_equivalent(target, input_bound)
+    exact = {"states": 2 * n,
+             "max_abs_dy": equivalent(target, urnn, x_test, "relu"),
+             "nmse": _nmse(_simulate(urnn, x_test, "relu"), y_test),
+             "orthogonality_error": _orth_error(urnn.W)}
+    fits = []
+    for n_states in range(n, 2 * n + 1):
+      t0 = time.perf_counter()
+      fit = fit_urnn(target, n_states, x_train, x_test, key=jax.random.fold_in(k_fit, n_states),
+                     activation="relu", steps=fit_steps, restarts=restarts)
+      per_sign = {}
+      for det in (1.0, -1.0):
+        idx = np.nonzero(fit.restart_det == det)[0]
+        if idx.size:
+          j = idx[np.argmin(fit.restart_train_nmse[idx])]
+          per_sign["plus" if det > 0 else "minus"] = float(fit.restart_test_nmse[j])
+      row = {"states": n_states, "test_nmse": fit.test_nmse, "train_nmse": fit.train_nmse,
+             "test_max_abs": fit.test_max_abs,
+             "restart_test_nmse": fit.restart_test_nmse.tolist(),
+             "best_test_nmse_det_plus": per_sign.get("plus"),
+             "best_test_nmse_det_minus": per_sign.get("minus"),
+             "seconds": time.perf_counter() - t0}
+      fits.append(row)
+      log(f"theorem 3.2  n={n} channels, N={n_states} URNN fitted: test NMSE"
+          f" {fit.test_nmse:.3e} (restarts {np.array2string(fit.restart_test_nmse, precision=3)}),"
+          f" {row['seconds']:.1f}s")
+    near = []
+    if n >= 2:
+      for s in scales:
+        approx = near_equivalent_channel_urnn(decays, s, input_bound)
+        near.append({"scale": float(s), "states": n + 1,
+                     "max_abs_dy": equivalent(target, approx, x_test, "relu"),
+                     "nmse": _nmse(_simulate(approx, x_test, "relu"), y_test),
+                     "C_norm": spectral_norm(approx.C)})
+    out.append({"n": n, "decays": decays, "construction": exact, "fits": fits,
+                "near_equivalent": near})
+    log(f"theorem 3.2  n={n}: 2n-state construction max|dy| {exact['max_abs_dy']:.2e}")
+  return {"channels": out, "input_bound": float(input_bound), "steps": steps,
+          "fit_steps": fit_steps, "restarts": restarts}
+
+
+def _match(eig, ref):
+  """Greedy nearest matching of ``ref`` into ``eig``: (matched, unmatched)."""
+  eig = list(np.asarray(eig))
+  matched = []
+  for r in np.asarray(ref):
+    j = int(np.argmin([abs(e - r) for e in eig]))
+    matched.append(eig.pop(j))
+  return np.asarray(matched), np.asarray(eig)
+
+
+def _matched(eig, ref):
+  return _match(eig, ref)[0]
+
+
+def _unmatched(eig, ref):
+  return _match(eig, ref)[1]
+
+
+def sigmoid_converse_demo(*, key, n: int = 2, m: int = 1, p: int = 1,
+                          factors: Sequence[int] = (1, 2, 4, 8), steps: int = 32,
+                          batch: int = 32, test_batch: int = 64, fit_steps: int = 1500,
+                          restarts: int = 4, input_bound: float = 1.0, gain: float = 3.0,
+                          norm: float = 0.9, delta: float = 1e-4, response_steps: int = 16,
+                          garbage_biases: Sequence[float] = (0.0, 5.0, 10.0, 20.0, 30.0, 40.0),
+                          log: Callable[[str], None] = _noop) -> dict[str, Any]:
+  """Theorem 4.1 (no URNN matches a sigmoid RNN exactly): a demonstration.
+
+  The target has ``||W||_2 = norm`` (Gaussian, rescaled), Gaussian b and
+  F, C with ``gain`` (so the sigmoid works in its nonlinear range). The same
+  weights are used once with the sigmoid and once with ReLU. URNNs with
+  ``f n`` states, f in ``factors``, are fitted to each by gradient descent;
+  the ReLU target also gets the exact 2n-state construction.
+
+  Then, at x* = 0, the linearization (:func:`linearize`):
+
+  * the target's Jacobian eigenvalues, and the same eigenvalues identified
+    from its measured small-signal input-output response alone
+    (:func:`response_eigenvalues`, order n), plus the response's decay rate
+    against the spectral radius: the eigenvalues are *in* the map;
+  * for every fitted sigmoid URNN, its own ``J_u = diag(phi'(z_u*)) W_u``
+    (spectral radius, leading eigenvalues), the residual of
+    ``J_u J_u^T = diag(phi')^2`` (holds for every URNN, fails for the
+    target), the order-n poles identified from *its* response and their gap
+    to the target's, and the relative distance of the linear responses;
+  * for the ReLU construction (linearised at the candidate x* in
+    {0, +-M e_i} with the most active states), the eigenvalues of J_u against
+    those of J plus n zeros: ReLU zeroes the extra states and hides their
+    eigenvalues, which a sigmoid (phi' > 0) cannot.
+
+  * the 2n-state dilation with ``b2 = -B`` for B in ``garbage_biases``
+    (:func:`unitary_dilation`), run with the sigmoid: its error falls like
+    e^-B and reaches float64 rounding near B ~ 37, while its extra Jacobian
+    eigenvalues shrink like e^-B without ever vanishing. Theorem 4.1 is a
+    statement about *exact* equivalence; the approximation gap of a 2n-state
+    URNN to a sigmoid RNN can be made numerically invisible.
+
+  Gradient descent conflates "not representable" with "hard to optimise"; the
+  fitted NMSEs are evidence, not proof, and (as the paper notes) the sigmoid
+  error may keep falling as the number of states grows.
+  """
+  k_rnn, k_tr, k_te, k_fit = jax.random.split(key, 4)
+  base = random_contractive_rnn(k_rnn, n, m, p, norm=norm)
+  target = base._replace(F=gain * base.F, C=gain * base.C)
+  x_train = bounded_inputs(k_tr, (batch, steps, m), input_bound)
+  x_test = bounded_inputs(k_te, (test_batch, steps, m), input_bound)
+  x_star = jnp.zeros((m,), target.W.dtype)
+  lin = linearize(target, x_star, "sigmoid")
+  measured, predicted = small_signal_response(target, x_star, "sigmoid", delta=delta,
+                                              steps=response_steps, lin=lin)
+  d_phi = lin.h_star * (1.0 - lin.h_star)  # sigmoid'(z*) = h*(1 - h*)
+  target_lin = {
+      "x_star": np.asarray(x_star).tolist(),
+      "h_star": lin.h_star.tolist(),
+      "eigenvalues": _eig_list(lin.eigenvalues),
+      "spectral_radius": lin.spectral_radius,
+      "identified_eigenvalues": _eig_list(response_eigenvalues(measured, n)),
+      "identified_eigenvalue_error": float(np.max(np.abs(
+          np.sort_complex(response_eigenvalues(measured, n)) - np.sort_complex(lin.eigenvalues)))),
+      "measured_decay_rate": decay_rate(measured),
+      "predicted_decay_rate": decay_rate(predicted),
+      "response_max_abs_diff": float(np.max(np.abs(measured - predicted))),
+      "response_max_abs": float(np.max(np.abs(predicted))),
+      "gram_residual": float(np.linalg.norm(lin.jacobian @ lin.jacobian.T - np.diag(d_phi ** 2))),
+      "measured_response": measured.tolist(),
+      "predicted_response": predicted.tolist(),
+  }
+  log(f"theorem 4.1  target eig(J) = {np.round(lin.eigenvalues, 4)}, identified from its"
+      f" input-output response to {target_lin['identified_eigenvalue_error']:.1e}")
+  fits = {"sigmoid": [], "relu": []}
+  for act in ("sigmoid", "relu"):
+    y_test = _simulate(target, x_test, act)
+    for f in factors:
+      t0 = time.perf_counter()
+      n_states = int(f) * n
+      fit = fit_urnn(target, n_states, x_train, x_test, key=jax.random.fold_in(k_fit, n_states),
+                     activation=act, steps=fit_steps, restarts=restarts)
+      row = {"states": n_states, "test_nmse": fit.test_nmse, "train_nmse": fit.train_nmse,
+             "test_max_abs": fit.test_max_abs,
+             "restart_test_nmse": fit.restart_test_nmse.tolist()}
+      if act == "sigmoid":
+        ulin = linearize(fit.params, x_star, "sigmoid")
+        u_dphi = ulin.h_star * (1.0 - ulin.h_star)
+        u_meas, u_pred = small_signal_response(fit.params, x_star, "sigmoid", delta=delta,
+                                               steps=response_steps, lin=ulin)
+        u_ident = response_eigenvalues(u_meas, n)
+        row.update({
+            "spectral_radius": ulin.spectral_radius,
+            "leading_eigenvalues": _eig_list(ulin.eigenvalues[:4]),
+            "identified_eigenvalues": _eig_list(u_ident),
+            "identified_eigenvalue_gap": float(np.max(np.abs(
+                np.sort_complex(u_ident) - np.sort_complex(lin.eigenvalues)))),
+            "gram_residual": float(np.linalg.norm(
+                ulin.jacobian @ ulin.jacobian.T - np.diag(u_dphi ** 2))),
+            "linear_response_rel_diff": float(
+                np.linalg.norm(u_pred - predicted) / np.linalg.norm(predicted)),
+            "predicted_response": u_pred.tolist(),
+        })
+      row["seconds"] = time.perf_counter() - t0
+      fits[act].append(row)
+      log(f"theorem 4.1  {act:7s} N={n_states:2d} URNN fitted: test NMSE {fit.test_nmse:.3e},"
+          f" {row['seconds']:.1f}s")
+  # The 2n-state dilation with b2 = -B, run with the sigmoid: error ~ e^-B.
+  y_sig = _simulate(target, x_test, "sigmoid")
+  dilations = []
+  for B in garbage_biases:
+    dil = unitary_dilation(target, B)
+    dlin = linearize(dil, x_star, "sigmoid")
+    extra = _unmatched(dlin.eigenvalues, lin.eigenvalues)
+    dilations.append({
+        "garbage_bias": float(B), "states": 2 * n,
+        "max_abs_dy": equivalent(target, dil, x_test, "sigmoid"),
+        "nmse": _nmse(_simulate(dil, x_test, "sigmoid"), y_sig),
+        "max_abs_h2": float(np.max(dlin.h_star[n:])),
+        "extra_eigenvalue_max_abs": float(np.max(np.abs(extra))) if extra.size else 0.0,
+        "target_eigenvalue_shift": float(np.max(np.abs(
+            np.sort_complex(_matched(dlin.eigenvalues, lin.eigenvalues))
+            - np.sort_complex(lin.eigenvalues)))),
+    })
+    log(f"theorem 4.1  sigmoid 2n dilation, b2 = -{B:g}: max|dy| {dilations[-1]['max_abs_dy']:.2e},"
+        f" extra eigenvalues up to {dilations[-1]['extra_eigenvalue_max_abs']:.1e}")
+  urnn = unitary_equivalent(target, input_bound)
+  # Linearise the ReLU pair where the most states are active.
+  candidates = [x_star] + [s * input_bound * jnp.eye(m, dtype=x_star.dtype)[i]
+                           for i in range(m) for s in (1.0, -1.0)]
+  relu_x = max(candidates, key=lambda c: int(np.sum(linearize(target, c, "relu").z_star > 0)))
+  relu_lin = linearize(target, relu_x, "relu")
+  urnn_lin = linearize(urnn, relu_x, "relu")
+  expected = np.concatenate([relu_lin.eigenvalues, np.zeros(n)])
+  got = urnn_lin.eigenvalues
+  eig_gap = float(np.max(np.abs(np.sort_complex(got) - np.sort_complex(expected))))
+  construction = {
+      "states": 2 * n,
+      "max_abs_dy": equivalent(target, urnn, x_test, "relu"),
+      "nmse": _nmse(_simulate(urnn, x_test, "relu"), _simulate(target, x_test, "relu")),
+      "x_star": np.asarray(relu_x).tolist(),
+      "active_states": int(np.sum(relu_lin.z_star > 0)),
+      "rnn_eigenvalues": _eig_list(relu_lin.eigenvalues),
+      "urnn_eigenvalues": _eig_list(got),
+      "eigenvalue_gap_to_rnn_plus_zeros": eig_gap,
+  }
+  log(f"theorem 4.1  relu 2n-state construction: max|dy| {construction['max_abs_dy']:.2e},"
+      f" eig(J_u) = eig(J) + {n} zeros up to {eig_gap:.1e}")
+  return {"n": n, "m": m, "p": p, "gain": gain, "norm": norm,
+          "target_linearization": target_lin, "fits": fits, "relu_construction": construction,
+          "sigmoid_dilation": dilations,
+          "fit_steps": fit_steps, "restarts": restarts, "steps": steps}
