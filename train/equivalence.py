@@ -287,9 +287,9 @@ def plot(res: dict[str, Any], path: str) -> None:
   ax.plot(e[:, 0], e[:, 1], "ko", mfc="none", ms=10, label="eig(J) of target")
   e = np.asarray(tl["identified_eigenvalues"])
   ax.plot(e[:, 0], e[:, 1], "k+", ms=10, label="poles identified from target I/O")
-  ax.set(xlim=(-0.35, 0.35), ylim=(-0.35, 0.35), aspect="equal",
-         title="linearised poles (|z| = 1/4 dotted)")
-  ax.legend(fontsize=7)
+  ax.set(xlim=(-0.45, 0.45), ylim=(-0.35, 0.55), aspect="equal",
+         title="linearised poles at x* (|z| = 1/4 dotted)")
+  ax.legend(fontsize=7, loc="upper center", ncol=2)
   ax = axes[0, 3]
   dil = s["sigmoid_dilation"]
   bs = [d["garbage_bias"] for d in dil]
