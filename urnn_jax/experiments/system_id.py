@@ -65,11 +65,13 @@ invariant to that scaling.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
 import math
 import os
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -667,6 +669,18 @@ def _check_settings(config: Config, workdir: str) -> None:
     )
 
 
+class _LockedProgress:
+  """``training.Progress.update`` made safe to call from several threads."""
+
+  def __init__(self, progress: training.Progress):
+    self._progress = progress
+    self._lock = threading.Lock()
+
+  def update(self, *args, **kwargs):
+    with self._lock:
+      self._progress.update(*args, **kwargs)
+
+
 def _latest_step(directory: str) -> int:
   """The newest checkpointed step in ``directory`` (orbax step folders), or 0."""
   if not os.path.isdir(directory):
@@ -682,8 +696,14 @@ def run(
     log: Callable[[str], None] = print,
     stop_after_steps: int | None = None,
     progress_stream=None,
+    parallel: int = 1,
 ) -> dict:
   """Runs (or resumes) the sweep and writes every output; returns a summary dict.
+
+  ``parallel`` configurations train at the same time, in threads (each is
+  its own compiled program; results do not depend on it). ``stop_after_steps``
+  (for tests) stops the first configuration once that many of its steps are
+  done, as an interruption would, and implies ``parallel=1``.
 
   The returned dict has ``rows`` (the summary table), ``trained`` and
   ``skipped`` (configuration names) and ``interrupted`` (True when
@@ -722,19 +742,40 @@ def run(
                 for m, h in todo)
   progress = training.Progress(total * len(todo), "system_id", initial=initial,
                                stream=progress_stream)
+  shared_progress = _LockedProgress(progress)
+  lock = threading.Lock()
   trained = []
-  interrupted = False
-  for m, h in todo:
-    res = train_configuration(config, m, h, data, workdir, progress=progress,
+
+  def work(m: str, h: int) -> bool:
+    res = train_configuration(config, m, h, data, workdir, progress=shared_progress,
                               stop_after_steps=stop_after_steps, log=log)
     if res is None:
-      interrupted = True
-      break
+      return False
     training.write_json(os.path.join(results_dir, config_name(m, h) + ".json"), res)
-    trained.append(config_name(m, h))
-    log(f"{config_name(m, h)}: median test R^2 {res['median_r2']:.4f} (IQR"
-        f" {res['q25_r2']:.4f}-{res['q75_r2']:.4f}), {res['n_diverged']} diverged,"
-        f" {res['train_seconds']:.1f} s")
+    with lock:
+      trained.append(config_name(m, h))
+      log(f"{config_name(m, h)}: median test R^2 {res['median_r2']:.4f} (IQR"
+          f" {res['q25_r2']:.4f}-{res['q75_r2']:.4f}), {res['n_diverged']} diverged,"
+          f" {res['train_seconds']:.1f} s")
+    return True
+
+  interrupted = False
+  if parallel <= 1 or len(todo) <= 1 or stop_after_steps is not None:
+    for m, h in todo:
+      if not work(m, h):
+        interrupted = True
+        break
+  else:
+    # Configurations are independent: train `parallel` of them at once (XLA
+    # runs each program on the calling thread, so this uses that many cores).
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel)
+    futures = [pool.submit(work, m, h) for m, h in todo]
+    try:
+      done_f, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+      for f in done_f:
+        f.result()  # Re-raises a configuration's error (e.g. DivergenceError).
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
   progress.close()
 
   results = []
