@@ -20,8 +20,9 @@ model on the same shapes and dtype, in one process:
 
 (the torch rows only when torch is installed). At each grid point all
 models are compiled first (compile time reported apart), warmed up, then
-timed round-robin (:func:`benchmarks.common.time_interleaved`) so that a
-noisy machine slows all of them alike; the tables report medians. A large
+timed round-robin, so that a noisy machine slows all of them alike (the JAX
+models among themselves, then the torch ones, whose OpenMP workers spin
+after each op); the tables report medians. A large
 jnp matmul is timed in the same run, and the recurrence's achieved GFLOP/s
 (``2 B n^2`` per step forward, ``6 B n^2`` forward+backward: the recurrent
 matmuls only) is reported as a fraction of it.
@@ -248,13 +249,20 @@ def run_point(settings: Settings, point, peak_gflops: float, log=logging.info) -
       skipped[key] = f"one call took more than {settings.max_seconds_per_call} s"
       del calls[key]
 
-  times: dict[tuple[str, str], list[float]] = {k: [] for k in calls}
-  for _ in range(settings.repeats):
-    for key, call in calls.items():
-      s = sync[key] or (lambda r: r)
-      t0 = time.perf_counter()
-      s(call())
-      times[key].append(time.perf_counter() - t0)
+  # JAX models round-robin among themselves, then the torch ones: torch's
+  # OpenMP workers keep spinning for a while after each op, which would slow
+  # down whichever JAX call came next.
+  times: dict[tuple[str, str], list[float]] = {}
+  for group in ([k for k in calls if not k[0].startswith("torch")],
+                [k for k in calls if k[0].startswith("torch")]):
+    for key in group:
+      times[key] = []
+    for _ in range(settings.repeats):
+      for key in group:
+        s = sync[key] or (lambda r: r)
+        t0 = time.perf_counter()
+        s(calls[key]())
+        times[key].append(time.perf_counter() - t0)
 
   rows = []
   for (name, mode), ts in times.items():

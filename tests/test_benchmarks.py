@@ -66,7 +66,7 @@ def test_sweep_scaling_binary(tmp_path):
 
 def test_sweep_scaling_minimal_step_in_process(tmp_path):
   settings = sweep_scaling.Settings(realizations=(1, 2), models=("urnn",), step="minimal",
-                                    hidden=3, seq_len=5, batch_size=2, steps=2, repeats=1)
+                                    hidden=3, seq_lens=(5,), batch_size=2, steps=2, repeats=1)
   payload = sweep_scaling.run(settings, str(tmp_path), log=lambda s: None)
   assert [r["realizations"] for r in payload["rows"]] == [1, 2]
   assert "minimal" in payload["step_description"]

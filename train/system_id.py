@@ -55,6 +55,9 @@ flags.DEFINE_integer("seed", _d.seed, "Seed of data, initialisation and batch or
 flags.DEFINE_integer("checkpoint_every", _d.checkpoint_every,
                      "Checkpoint every this many steps (0: every epoch).")
 flags.DEFINE_integer("unroll", _d.unroll, "lax.scan unroll of the recurrences.")
+flags.DEFINE_integer("parallel", 1,
+                     "Configurations trained at the same time, in threads (results do not"
+                     " depend on it).")
 flags.DEFINE_integer("eval_batch", _d.eval_batch, "Test sequences per evaluation call.")
 flags.DEFINE_string("workdir", None,
                     "Output and checkpoint directory (default runs/system_id, with --paper"
@@ -98,7 +101,7 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   workdir = FLAGS.workdir or ("runs/system_id_paper" if FLAGS.paper else "runs/system_id")
   print(f"system_id: {config}\nworkdir: {workdir}", flush=True)
-  out = sid.run(config, workdir, log=lambda s: print(s, flush=True))
+  out = sid.run(config, workdir, log=lambda s: print(s, flush=True), parallel=FLAGS.parallel)
   print()
   print(f"Test R^2 over {config.realizations} realizations ({config.inputs} inputs,"
         f" SNR {config.snr_db:g} dB; optimal R^2 = {out['optimal_r2']:.4f}):")

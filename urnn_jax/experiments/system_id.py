@@ -8,7 +8,9 @@ is a (model, hidden size) pair; **all realizations of a configuration train
 together in one compiled program**: parameters, optimiser states and data
 are stacked on a leading realization axis and the training step is
 ``jax.vmap``-ed over it, inside a jitted ``lax.scan`` over the batches of
-an epoch (or of a ``checkpoint_every`` chunk).
+an epoch (one call per epoch, or per ``checkpoint_every`` chunk when that is
+shorter). Independent configurations can also run side by side in threads
+(``run(..., parallel=k)``).
 
 Models (:data:`MODELS`), all read out by y = C h (:class:`SequenceRegressor`,
 no read-out bias, as in eq. 1):
@@ -39,8 +41,9 @@ Work directory layout (``workdir``)::
     r2_vs_hidden.png        Fig. 2/3: R^2 vs hidden units | vs adjusted units
 
 Resume: a configuration with a results file is skipped; one with a
-checkpoint continues from it (checkpoints every epoch, or every
-``checkpoint_every`` steps), so at most one checkpoint interval is lost. The
+checkpoint continues from it (checkpoints every ``checkpoint_every`` steps,
+default 200, or every epoch with 0, and at the end), so at most one
+checkpoint interval is lost. The
 run is a function of the settings and ``seed`` alone: data from
 ``fold_in(key(seed), 0)`` (realization r: ``fold_in(., r)``), initial
 parameters from ``fold_in(fold_in(key(seed), 1), hidden)`` (then r), the
@@ -55,7 +58,9 @@ as NaN (``null`` in JSON), it is left out of the median/IQR and counted in
 ``n_diverged`` of the summary. Checkpoints therefore always hold finite
 states. Only when *every* realization of a configuration diverges does the
 run stop, with :class:`urnn_jax.training.DivergenceError`, keeping the last
-checkpoint.
+checkpoint. (A realization that trained fine but whose predictions overflow
+on the test inputs, as an unstable free RNN can, gets R^2 = -inf and counts
+as the worst value in the quartiles.)
 
 Targets are scaled per realization and output channel by their training
 standard deviation (no centring, so y = C h stays exact); inputs are left as
@@ -423,7 +428,9 @@ def programs(
   return Programs(
       model=model,
       tx=tx,
-      init=jax.jit(jax.vmap(init_one, in_axes=(0, None))),
+      # Not jitted: compiling the vmapped flax init (many threefry calls) takes
+      # seconds per configuration, op-by-op dispatch a fraction of that.
+      init=jax.vmap(init_one, in_axes=(0, None)),
       chunk=make_chunk_fn(model, tx),
       predict=make_predict_fn(model),
   )
@@ -530,7 +537,9 @@ def train_configuration(
   r2 = evaluate_r2(progs.model, params, data.x_test, data.y_test, eval_batch=config.eval_batch,
                    predict=progs.predict)
   alive = np.asarray(carry.alive) > 0
-  r2 = np.where(alive, r2, np.nan)
+  # Diverged in training: NaN. Alive but non-finite test predictions (an
+  # unstable free RNN can blow up on new inputs): -inf, the worst R^2.
+  r2 = np.where(alive, np.where(np.isfinite(r2), r2, -np.inf), np.nan)
   kernel = _recurrent_kernel(params)
   ortho = (np.asarray(orthogonal.orthogonality_error(jnp.asarray(kernel)))
            if kernel is not None else None)
@@ -543,12 +552,11 @@ def train_configuration(
         "test_r2": float(r2[r]),
         "diverged": bool(not alive[r]),
         "diverged_step": int(carry.diverged_step[r]) if not alive[r] else None,
-        "final_train_loss": float(hist[-1, r]),
+        "final_train_loss": float(hist[-1, r]) if alive[r] else None,
         "orthogonality_error": None if ortho is None else float(ortho[r]),
         "w_spectral_norm": None if spec_norm is None else float(spec_norm[r]),
     })
-  finite = r2[np.isfinite(r2)]
-  q25, med, q75 = (np.percentile(finite, [25, 50, 75]) if finite.size else (np.nan,) * 3)
+  q25, med, q75 = r2_quartiles(r2)
   num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(params))
   return {
       "model": model_name,
@@ -577,13 +585,26 @@ SUMMARY_COLUMNS = ("model", "hidden", "adjusted_hidden", "median_r2", "q25_r2", 
                    "n", "n_diverged", "optimal_r2")
 
 
+def r2_quartiles(r2) -> tuple[float, float, float]:
+  """(25%, 50%, 75%) quantiles of R^2 over the realizations that did not diverge.
+
+  NaN (diverged in training) is left out; -inf (blew up on the test inputs)
+  takes part as the worst value. NaN when nothing is left.
+  """
+  r2 = np.asarray(r2, float)
+  kept = r2[~np.isnan(r2)]
+  if not kept.size:
+    return (math.nan,) * 3
+  with np.errstate(invalid="ignore"):
+    return tuple(float(q) for q in np.percentile(kept, [25, 50, 75]))
+
+
 def summarize(results: Sequence[dict], optimal: float) -> list[dict]:
   """One row per (model, hidden): median and interquartile range of test R^2."""
   rows = []
   for res in sorted(results, key=lambda r: (MODELS.index(r["model"]), r["hidden"])):
-    r2 = np.asarray([np.nan if v is None else v for v in res["test_r2"]], float)
-    finite = r2[np.isfinite(r2)]
-    q25, med, q75 = (np.percentile(finite, [25, 50, 75]) if finite.size else (np.nan,) * 3)
+    r2 = np.asarray([np.nan if v is None else float(v) for v in res["test_r2"]], float)
+    q25, med, q75 = r2_quartiles(r2)
     rows.append({
         "model": res["model"],
         "hidden": res["hidden"],
@@ -592,7 +613,7 @@ def summarize(results: Sequence[dict], optimal: float) -> list[dict]:
         "q25_r2": float(q25),
         "q75_r2": float(q75),
         "n": int(r2.size),
-        "n_diverged": int(r2.size - finite.size),
+        "n_diverged": int(np.isnan(r2).sum()),
         "optimal_r2": float(optimal),
     })
   return rows
@@ -624,14 +645,16 @@ def plot(rows: Sequence[dict], optimal: float, path: str, *, title: str = "") ->
   plt = training.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
   models = [m for m in MODELS if any(r["model"] == m for r in rows)]
-  lows = [r["q25_r2"] for r in rows if math.isfinite(r["q25_r2"])]
+  meds = [r["median_r2"] for r in rows if math.isfinite(r["median_r2"])]
   for ax, adjusted in zip(axes, (False, True)):
     for m in models:
-      rs = sorted((r for r in rows if r["model"] == m), key=lambda r: r["hidden"])
+      rs = sorted((r for r in rows if r["model"] == m and math.isfinite(r["median_r2"])),
+                  key=lambda r: r["hidden"])
       x = np.asarray([r["adjusted_hidden"] if adjusted else r["hidden"] for r in rs], float)
       med = np.asarray([r["median_r2"] for r in rs])
-      lo = med - np.asarray([r["q25_r2"] for r in rs])
-      hi = np.asarray([r["q75_r2"] for r in rs]) - med
+      # IQR bars; a non-finite quartile (-inf R^2s) draws a bar to the axis edge.
+      lo = np.nan_to_num(med - np.asarray([r["q25_r2"] for r in rs]), nan=1e3, posinf=1e3)
+      hi = np.nan_to_num(np.asarray([r["q75_r2"] for r in rs]) - med, nan=0.0)
       label = LABELS[m] + (" (n/2)" if adjusted and m == "urnn" else "")
       ax.errorbar(x, med, yerr=[lo, hi], marker=MARKERS[m], color=COLORS[m], capsize=3,
                   label=label)
@@ -639,8 +662,8 @@ def plot(rows: Sequence[dict], optimal: float, path: str, *, title: str = "") ->
     ax.set_xlabel("adjusted hidden units (URNN: n/2)" if adjusted else "hidden units n")
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("test R² (median, IQR bars)")
-  if lows:
-    axes[0].set_ylim(max(min(lows) - 0.05, -0.5), min(1.0, optimal + 0.02))
+  if meds:  # Medians in view; long IQR bars of poor models may leave it.
+    axes[0].set_ylim(max(min(meds) - 0.1, -0.5), min(1.0, optimal + 0.02))
   axes[0].legend(loc="lower right", fontsize=8)
   axes[1].legend(loc="lower right", fontsize=8)
   if title:
