@@ -104,16 +104,25 @@ def _find(jaxpr, name):
 
 
 def test_input_projection_is_hoisted_out_of_the_scan():
-  """Only W h runs inside the loop: the scan body has one (n, n) matmul."""
-  params = random_params(jax.random.key(0), n=4, m=3, p=2, dtype=jnp.float32)
-  x = jnp.ones((2, 10, 3))
+  """Only W h runs inside the loop: the scan body's one matmul is (n, n).
+
+  n = 32 is above the size where the kernel switches its tiny-n matmul to an
+  elementwise multiply-sum, so the body's product is a dot_general.
+  """
+  n, m = 32, 3
+  params = random_params(jax.random.key(0), n=n, m=m, p=2, dtype=jnp.float32)
+  x = jnp.ones((2, 10, m))
   jaxpr = jax.make_jaxpr(lambda p, x: urnn_jax.simulate(p, x))(params, x)
   scans = _find(jaxpr.jaxpr, "scan")
   assert len(scans) == 1
-  body_dots = _find(scans[0].params["jaxpr"].jaxpr, "dot_general")
+  body = scans[0].params["jaxpr"].jaxpr
+  body_dots = _find(body, "dot_general")
   assert len(body_dots) == 1  # h @ W^T only
-  shapes = {tuple(v.aval.shape) for v in body_dots[0].invars}
-  assert (4, 4) in shapes
+  assert {tuple(v.aval.shape) for v in body_dots[0].invars} == {(2, n), (n, n)}
+  # Nothing of F's shape is used inside the loop.
+  assert not any(
+      tuple(v.aval.shape) in {(n, m), (m, n)} for e in body.eqns for v in e.invars if hasattr(v, "aval")
+  )
 
 
 def test_linear_case_matches_closed_form(x64):
@@ -178,3 +187,16 @@ def test_create_defaults():
   assert p.b.shape == (3,) and p.h0.shape == (3,)
   np.testing.assert_array_equal(p.C, np.eye(3))
   assert (p.hidden_size, p.input_size, p.output_size) == (3, 2, 3)
+
+
+def test_simulate_forward_mode_with_plain_gradient(x64):
+  params = random_params(jax.random.key(11), n=3, m=2, p=2)
+  x = jax.random.normal(jax.random.key(12), (15, 2), jnp.float64)
+  dw = jax.random.normal(jax.random.key(13), (3, 3), jnp.float64)
+  f = lambda w, cg: urnn_jax.simulate(params._replace(W=w), x, "tanh", custom_gradient=cg)
+  _, tangent = jax.jvp(lambda w: f(w, False), (params.W,), (dw,))
+  eps = 1e-6
+  fd = (f(params.W + eps * dw, True) - f(params.W - eps * dw, True)) / (2 * eps)
+  np.testing.assert_allclose(tangent, fd, atol=1e-7)
+  with pytest.raises(TypeError):
+    jax.jvp(lambda w: f(w, True), (params.W,), (dw,))

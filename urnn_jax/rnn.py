@@ -343,6 +343,7 @@ def simulate(
     *,
     unroll: int = 1,
     return_states: bool = False,
+    custom_gradient: bool = True,
 ):
   """The input-output map y = G(x, Theta) of eq. (1).
 
@@ -353,6 +354,9 @@ def simulate(
       any elementwise callable.
     unroll: ``lax.scan`` unroll factor.
     return_states: also return the hidden states ``h(k)``.
+    custom_gradient: use the recurrence's custom VJP (fast reverse mode).
+      Pass ``False`` for forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``),
+      which a custom VJP does not support.
 
   Returns:
     ``y`` with shape ``(T, p)`` or ``(*batch, T, p)``; with
@@ -386,7 +390,9 @@ def simulate(
   # Hoisted input projection: one matmul for all steps.
   z = x @ params.F.T + params.b  # (*batch, T, n)
   z = jnp.moveaxis(z, -2, 0)  # (T, *batch, n)
-  _, hs = recurrence(params.W.T, z, params.h0, phi, unroll=unroll)
+  _, hs = recurrence(
+      params.W.T, z, params.h0, phi, unroll=unroll, custom_gradient=custom_gradient
+  )
   hs = jnp.moveaxis(hs, 0, -2)  # (*batch, T, n)
   y = hs @ params.C.T
   return (y, hs) if return_states else y
