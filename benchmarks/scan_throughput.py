@@ -72,9 +72,11 @@ LSTM_MODELS = ("urnn_lstm", "flax_lstm", "torch_lstm")
 
 FULL_GRID = dict(hidden=(16, 64, 256, 1024), batch=(1, 32, 256), seq_len=(100, 1000))
 # --quick: the target points (T = 1000, batch 32, hidden 64 and 256) with every
-# model, plus hidden 256 x batch 256 for the matmul-peak target (fewer models).
+# model, plus hidden 256 x batch 256 for the matmul-peak target (forward only,
+# fewer models).
 QUICK_POINTS = ((64, 32, 1000), (256, 32, 1000), (256, 256, 1000))
 QUICK_PEAK_POINT_MODELS = ("recurrence", "urnn_rnn", "flax_simple", "torch_rnn")
+QUICK_PEAK_POINT_MODES = ("fwd",)
 SMOKE_POINTS = ((8, 2, 10),)
 
 FLAGS = flags.FLAGS
@@ -96,8 +98,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("repeats", 5, "Timed rounds per grid point (median reported).")
   flags.DEFINE_integer("warmup", 1, "Untimed calls per model before timing.")
   flags.DEFINE_integer("peak_size", 2048, "Size of the square matmul that measures the machine peak.")
-  flags.DEFINE_float("max_seconds_per_call", 5.0,
-                     "Skip a (model, mode) at a point when its first call takes longer than this.")
+  flags.DEFINE_float("max_seconds_per_call", 30.0,
+                     "Skip a (model, mode) at a point when its warm-up call takes longer than this"
+                     " (--quick: at most 5).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,12 +115,19 @@ class Settings:
   peak_size: int = 2048
   max_seconds_per_call: float = 5.0
   point_models: dict | None = None  # optional per-point model subsets
+  point_modes: dict | None = None  # optional per-point mode subsets
 
   def models_at(self, point) -> tuple[str, ...]:
     if self.point_models and point in self.point_models:
       allowed = self.point_models[point]
       return tuple(m for m in self.models if m in allowed)
     return self.models
+
+  def modes_at(self, point) -> tuple[str, ...]:
+    if self.point_modes and point in self.point_modes:
+      allowed = self.point_modes[point]
+      return tuple(m for m in self.modes if m in allowed)
+    return self.modes
 
 
 # ----------------------------------------------------------------------------
@@ -221,18 +231,19 @@ def run_point(settings: Settings, point, peak_gflops: float, log=logging.info) -
   compile_s: dict[tuple[str, str], float | None] = {}
   skipped: dict[tuple[str, str], str] = {}
   sync: dict[tuple[str, str], Any] = {}
+  modes = settings.modes_at(point)
   for name in settings.models_at(point):
     if name.startswith("torch"):
       progs = _torch_programs(name, hidden, batch, seq_len, m)
       if progs is None:
         continue
-      for mode in settings.modes:
+      for mode in modes:
         calls[(name, mode)] = progs[mode]
         compile_s[(name, mode)] = None
         sync[(name, mode)] = None
       continue
     progs = _jax_programs(name, hidden, batch, seq_len, m, settings.unroll)
-    for mode in settings.modes:
+    for mode in modes:
       fn, args = progs[mode]
       compiled, secs = common.compile_jax(fn, *args)
       calls[(name, mode)] = functools.partial(compiled, *args)
@@ -411,9 +422,9 @@ def run(settings: Settings, out_dir: str | None = None, log=logging.info) -> dic
   for point in settings.points:
     rows.extend(run_point(settings, point, peak["gflops"], log=log))
   settings_dict = dataclasses.asdict(settings)
-  if settings_dict.get("point_models"):
-    settings_dict["point_models"] = {"x".join(map(str, k)): list(v)
-                                     for k, v in settings_dict["point_models"].items()}
+  for key in ("point_models", "point_modes"):
+    if settings_dict.get(key):
+      settings_dict[key] = {"x".join(map(str, k)): list(v) for k, v in settings_dict[key].items()}
   payload = {
       "benchmark": "scan_throughput",
       "environment": env,
@@ -439,7 +450,7 @@ def settings_from_flags() -> Settings:
   modes = tuple(FLAGS.modes)
   if not modes or set(modes) - set(MODES):
     raise app.UsageError(f"--modes must be some of {list(MODES)}, got {modes}.")
-  point_models = None
+  point_models = point_modes = None
   explicit = FLAGS.hidden or FLAGS.batch or FLAGS.seq_len
   if FLAGS.smoke:
     points = SMOKE_POINTS
@@ -447,6 +458,7 @@ def settings_from_flags() -> Settings:
   elif FLAGS.quick and not explicit:
     points = QUICK_POINTS
     point_models = {(256, 256, 1000): QUICK_PEAK_POINT_MODELS}
+    point_modes = {(256, 256, 1000): QUICK_PEAK_POINT_MODES}
     repeats, warmup, peak_size = min(FLAGS.repeats, 3), 1, min(FLAGS.peak_size, 1024)
   else:
     hidden = common.parse_int_list(FLAGS.hidden) or FULL_GRID["hidden"]
@@ -456,10 +468,14 @@ def settings_from_flags() -> Settings:
     repeats, warmup, peak_size = FLAGS.repeats, FLAGS.warmup, FLAGS.peak_size
     if FLAGS.quick:
       repeats = min(repeats, 3)
+  max_seconds = FLAGS.max_seconds_per_call
+  if FLAGS.quick or FLAGS.smoke:
+    max_seconds = min(max_seconds, 5.0)
   return Settings(
       points=tuple(points), models=models, modes=modes, input_size=FLAGS.input_size,
       unroll=FLAGS.unroll, repeats=repeats, warmup=warmup, peak_size=peak_size,
-      max_seconds_per_call=FLAGS.max_seconds_per_call, point_models=point_models,
+      max_seconds_per_call=max_seconds, point_models=point_models,
+      point_modes=point_modes,
   )
 
 

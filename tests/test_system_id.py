@@ -167,15 +167,20 @@ def test_diverged_realization_is_recorded_not_fatal(tmp_path):
 
 
 def test_models_and_optimizers():
-  x = jnp.ones((1, 5, 2))
+  # Shapes only (jax.eval_shape traces, compiles nothing): fast.
+  x = jax.ShapeDtypeStruct((1, 5, 2), jnp.float32)
+  key = jax.random.key(0)
   for name in sid.MODELS:
     model = sid.make_model(name, 3)
-    params = model.init(jax.random.key(0), x)["params"]
-    assert model.apply({"params": params}, x).shape == (1, 5, 2)
-    tx = sid.make_optimizer(name, 0.01)
-    tx.init(params)
+    params = jax.eval_shape(lambda k, x: model.init(k, x)["params"], key, x)
+    out = jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, x)
+    assert out.shape == (1, 5, 2)
+    jax.eval_shape(sid.make_optimizer(name, 0.01).init, params)
+    if name in ("rnn", "urnn", "contrnn"):
+      assert params["rnn"]["cell"]["recurrent_kernel"].shape == (3, 3)
+  urnn_params = jax.eval_shape(lambda k, x: sid.make_model("urnn", 3).init(k, x)["params"], key, x)
   for c in sid.CONSTRAINTS:
-    sid.make_optimizer("urnn", constraint=c).init(sid.make_model("urnn", 3).init(jax.random.key(0), x)["params"])
+    jax.eval_shape(sid.make_optimizer("urnn", constraint=c).init, urnn_params)
   with pytest.raises(ValueError, match="model"):
     sid.make_model("transformer", 3)
   with pytest.raises(ValueError, match="constraint"):

@@ -76,6 +76,7 @@ import functools
 import json
 import math
 import os
+import sys
 import threading
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -738,20 +739,6 @@ def run(
   os.makedirs(workdir, exist_ok=True)
   _check_settings(config, workdir)
   t0 = time.perf_counter()
-  data, info = make_data(config)
-  optimal = synthetic.optimal_r2(config.snr_db)
-  info["data_seconds"] = time.perf_counter() - t0
-  training.write_json(os.path.join(workdir, "data.json"), info)
-  log(
-      f"data: {config.realizations} realizations x ({config.train_sequences} train +"
-      f" {config.test_sequences} test) sequences, T={config.seq_len}, {config.inputs} inputs,"
-      f" SNR {config.snr_db} dB (measured {info['snr_db_measured_mean']:.2f} dB); teacher units"
-      f" on {100 * info['on_fraction_mean']:.1f}% of the time (target"
-      f" {100 * info['on_fraction_target']:.0f}%, range {100 * info['on_fraction_min']:.1f}-"
-      f"{100 * info['on_fraction_max']:.1f}%); optimal R^2 {optimal:.4f} (teacher's own test R^2,"
-      f" median {info['oracle_r2_median']:.4f}); {info['data_seconds']:.1f} s."
-  )
-
   results_dir = os.path.join(workdir, "results")
   todo, done = [], []
   for m in config.models:
@@ -762,11 +749,31 @@ def run(
     log(f"skipping {len(done)} finished configuration(s): "
         + ", ".join(config_name(m, h) for m, h in done))
 
+  optimal = synthetic.optimal_r2(config.snr_db)
+  data_path = os.path.join(workdir, "data.json")
+  if todo or not os.path.exists(data_path):
+    data, info = make_data(config)
+    info["data_seconds"] = time.perf_counter() - t0
+    training.write_json(data_path, info)
+  else:  # Nothing to train: the data's summary is all that is needed.
+    data, info = None, training.read_json(data_path)
+  log(
+      f"data: {config.realizations} realizations x ({config.train_sequences} train +"
+      f" {config.test_sequences} test) sequences, T={config.seq_len}, {config.inputs} inputs,"
+      f" SNR {config.snr_db} dB (measured {info['snr_db_measured_mean']:.2f} dB); teacher units"
+      f" on {100 * info['on_fraction_mean']:.1f}% of the time (target"
+      f" {100 * info['on_fraction_target']:.0f}%, range {100 * info['on_fraction_min']:.1f}-"
+      f"{100 * info['on_fraction_max']:.1f}%); optimal R^2 {optimal:.4f} (teacher's own test R^2,"
+      f" median {info['oracle_r2_median']:.4f}); generated in {info['data_seconds']:.1f} s."
+  )
+
   total = config.total_steps()
   initial = sum(_latest_step(os.path.join(workdir, "checkpoints", config_name(m, h)))
                 for m, h in todo)
-  progress = training.Progress(total * len(todo), "system_id", initial=initial,
-                               stream=progress_stream)
+  stream = sys.stderr if progress_stream is None else progress_stream
+  tty = hasattr(stream, "isatty") and stream.isatty()
+  progress = training.Progress(total * len(todo), "system_id", initial=initial, stream=stream,
+                               min_interval=0.5 if tty else 15.0)  # Logs: a line per 15 s.
   shared_progress = _LockedProgress(progress)
   lock = threading.Lock()
   trained = []
