@@ -250,3 +250,10 @@ def test_layer_and_simulate_gradients_match_plain(x64, monkeypatch):
                       functools.partial(recurrence, custom_gradient=False))
   want = jax.grad(loss)(variables)
   assert_trees_close(got, want)
+
+
+def test_shape_errors():
+  with pytest.raises(ValueError, match="square"):
+    recurrence(jnp.ones((2, 3, 3)), jnp.ones((4, 3)), jnp.zeros(3))
+  with pytest.raises(ValueError, match="n = 3"):
+    recurrence(jnp.eye(3), jnp.ones((4, 2)), jnp.zeros(3))

@@ -173,7 +173,9 @@ def jacobian_bound_check(
     ``sigma_max(J_k) <= b_k sigma_max(W)`` for all k (true for any W);
   * ``eig_bound_holds``: the seed's version with ``|lambda|_min(W)`` and
     ``|lambda|_max(W)`` in place of the singular values (true for normal W,
-    may fail otherwise);
+    may fail otherwise); ``normality_defect_W`` is
+    ``||W W^T - W^T W||_F / ||W||_2^2`` and ``is_normal_W`` says whether it is
+    at rounding level (``100 n eps`` of W's dtype);
   * ``product_bound_holds``: for the loss ``L = u . h(T-1)`` (any fixed u),
     ``||dL/dh(k)|| / ||dL/dh(T-1)||`` lies in
     ``[prod_{j>k} a_j sigma_min(W), prod_{j>k} b_j sigma_max(W)]`` for all k:
@@ -198,6 +200,9 @@ def jacobian_bound_check(
   eig_ok = bool(
       np.all(a * eig_abs.min() <= smin_j + tol(smin_j)) and np.all(smax_j <= b * eig_abs.max() + tol(smax_j))
   )
+
+  # ||W W^T - W^T W||_F / ||W||_2^2: 0 for normal W (then |lambda| are the singular values).
+  normality = float(np.linalg.norm(w @ w.T - w.T @ w) / max(s_w[0] ** 2, np.finfo(float).tiny))
 
   # Gradient of L = u . h(T-1) back through the trajectory (explicit products).
   t = jac.shape[0]
@@ -224,7 +229,8 @@ def jacobian_bound_check(
       "sigma_max_W": float(s_w[0]),
       "eig_abs_min_W": float(eig_abs.min()),
       "eig_abs_max_W": float(eig_abs.max()),
-      "is_normal_W": bool(np.allclose(w @ w.T, w.T @ w, atol=1e-6 * max(1.0, np.abs(w).max() ** 2))),
+      "normality_defect_W": normality,
+      "is_normal_W": bool(normality <= 100 * np.finfo(np.asarray(params.W).dtype).eps * w.shape[0]),
       "a": a.tolist(),
       "b": b.tolist(),
       "a_min": float(a.min()),

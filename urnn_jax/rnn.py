@@ -304,8 +304,10 @@ def recurrence(
       i.e. ``W.T`` in the paper's notation.
     z: ``(T, *batch, n)`` projected inputs, time-major.
     h0: initial state, broadcastable to ``(*batch, n)``.
-    activation: name or elementwise callable. A callable's derivative is
-      taken with ``jax.jvp`` at the pre-activations.
+    activation: name or elementwise callable. The built-in activations'
+      derivatives come from the saved states; a callable's from its own
+      ``jax.vjp`` at the pre-activations (saved too), so any elementwise
+      function works, complex non-holomorphic ones included.
     lengths: optional int ``(*batch,)`` sequence lengths. Past a sequence's
       end the state is frozen and the output is zero.
     unroll: ``lax.scan`` unroll factor (of the forward and backward loops).
@@ -318,6 +320,16 @@ def recurrence(
   """
   phi = get_activation(activation)
   kernel, z, h0 = jnp.asarray(kernel), jnp.asarray(z), jnp.asarray(h0)
+  if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]:
+    raise ValueError(
+        f"recurrence: kernel must be a square (n, n) matrix, got shape {kernel.shape};"
+        " for stacked kernels use jax.vmap."
+    )
+  if z.ndim < 2 or z.shape[-1] != kernel.shape[0]:
+    raise ValueError(
+        f"recurrence: z must have shape (T, *batch, n) with n = {kernel.shape[0]} (the"
+        f" kernel's size), got shape {z.shape}."
+    )
   dtype = jnp.result_type(z, kernel, h0)
   kernel = kernel.astype(dtype)
   z = z.astype(dtype)

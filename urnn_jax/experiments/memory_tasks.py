@@ -540,7 +540,7 @@ def gradient_norms(config: Config, model: str, run: Run, params, task: memory.Me
 
 
 BOUND_SUMMARY_KEYS = (
-    "sigma_min_W", "sigma_max_W", "eig_abs_min_W", "eig_abs_max_W", "is_normal_W", "a_min", "b_max",
+    "sigma_min_W", "sigma_max_W", "eig_abs_min_W", "eig_abs_max_W", "normality_defect_W", "is_normal_W", "a_min", "b_max",
     "svd_bound_holds", "eig_bound_holds", "product_bound_holds", "autodiff_matches",
 )
 

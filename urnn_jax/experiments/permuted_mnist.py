@@ -19,6 +19,9 @@ under ``workdir/<run_name>/``:
 * ``history.json``: the per-epoch curve and timings;
 * ``results.json``, ``history.csv``, ``learning_curve.png``.
 
+Epochs are counted from 0 in the files (``best_epoch``, ``history``) and from
+1 on the plots' axes.
+
 :func:`write_summary` gathers every run under ``workdir`` into
 ``summary.{json,csv,md}`` and ``comparison.png`` (the Fig. 4 view).
 
@@ -711,8 +714,10 @@ def plot_comparison(path: str, runs: Sequence[dict]) -> None:
     axes[0].legend(fontsize=7)
   axes[0].set_title("validation accuracy (* = best epoch)")
   bars = axes[1].bar(range(len(accs)), accs, color=colors)
-  for b, a in zip(bars, accs):
-    axes[1].text(b.get_x() + b.get_width() / 2, a, f"{a:.1f}", ha="center", va="bottom", fontsize=8)
+  for b, a, r in zip(bars, accs, runs):
+    text = f"{a:.1f}" if r["test_accuracy"] is not None else (
+        f"diverged\n(step {r['diverged']['step']})" if r["diverged"] else "n/a")
+    axes[1].text(b.get_x() + b.get_width() / 2, a, text, ha="center", va="bottom", fontsize=8)
   axes[1].set_xticks(range(len(accs)), labels, rotation=30, ha="right", fontsize=8)
   axes[1].set_ylabel("test accuracy at best validation epoch (%)")
   axes[1].set_ylim(0, 100)
