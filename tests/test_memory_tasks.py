@@ -115,6 +115,9 @@ def test_deterministic_and_resumable(tmp_path):
 
 
 def test_config_validation():
+  assert mt.Config(task="first_term").resolved().activation == "identity"
+  assert mt.Config(task="adding").resolved().activation == "relu"
+  assert mt.Config(task="adding", activation="tanh").resolved().activation == "tanh"
   with pytest.raises(ValueError, match="unknown"):
     mt.Config(models=("rnn", "transformer")).validate()
   with pytest.raises(ValueError, match="task="):
@@ -137,3 +140,13 @@ def test_binary_runs(tmp_path):
   assert (workdir / "summary.md").exists()
   results = json.loads((workdir / "adding_L4" / "results.json").read_text())
   assert results["results"][0]["steps"] == 2
+
+
+def test_divergence_is_reported_not_fatal(tmp_path, monkeypatch):
+  def diverge(config, model, workdir, **kw):
+    raise training.DivergenceError("training diverged at rnn step 3: non-finite loss")
+
+  monkeypatch.setattr(mt, "train_model", diverge)
+  out = quiet(tiny(task="adding", length=4, models=("rnn",)), tmp_path)
+  assert "diverged" in out["rows"][0]
+  assert "| rnn | diverged |" in mt.summary_table(str(tmp_path))

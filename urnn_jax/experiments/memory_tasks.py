@@ -634,7 +634,14 @@ def run_experiment(config: Config, workdir: str, *, log=print, progress_stream=N
 
   rows, histories, grad, bounds = [], {}, {}, {}
   for model in config.models:
-    out = train_model(config, model, os.path.join(run_dir), log=log, progress_stream=progress_stream)
+    try:
+      out = train_model(config, model, run_dir, log=log, progress_stream=progress_stream)
+    except training.DivergenceError as e:
+      # Report it and go on with the other models; the last good checkpoint is kept.
+      log(f"[{config.run_name()}/{model}] {e}")
+      rows.append({"task": config.task, "length": config.length, "model": model,
+                   "description": MODELS[model].description, "diverged": str(e)})
+      continue
     row = {"task": config.task, "length": config.length, **out["summary"]}
     rows.append(row)
     histories[model] = out["history"]
@@ -700,7 +707,9 @@ def summary_table(workdir: str) -> str:
       row = {"model": m}
       for r in rs:
         for res in r["results"]:
-          if res["model"] == m:
+          if res["model"] == m and "diverged" in res:
+            row[f"L={r['config']['length']}"] = "diverged"
+          elif res["model"] == m:
             v = res["eval_mse"] if regression else 100 * res["eval_accuracy"]
             row[f"L={r['config']['length']}"] = f"{v:.4f}" if regression else f"{v:.2f}"
             row[f"time L={r['config']['length']}"] = f"{res['train_seconds']:.0f}s"
