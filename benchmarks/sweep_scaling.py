@@ -14,8 +14,11 @@ For R in ``--realizations`` (default 1, 8, 30) it times
 * ``sequential``: the R = 1 program called R times, one realization after
   the other (each call waited for before the next starts),
 
-each for ``--steps`` optimiser steps per call, and reports the time per
-optimiser step (of all R realizations) and the speedup sequential/vmapped.
+each for ``--steps`` optimiser steps per call (a jitted ``lax.scan`` over
+steps, as the experiment trains), and reports the time per optimiser step (of
+all R realizations) and the speedup sequential/vmapped (the target's ratio).
+For reference it also times the naive sequential loop, one jitted optimiser
+step per Python call (``speedup_vs_per_step_dispatch``).
 
 The training step is the system-identification experiment's own
 (``urnn_jax.experiments.system_id.programs``: a jitted ``lax.scan`` over
@@ -118,6 +121,7 @@ def make_data(key, realizations: int, num_sequences: int, seq_len: int):
 class Trainer(NamedTuple):
   init: Callable[[int], Any]  # R -> carry stacked over R realizations
   run: Callable[[Any, jax.Array, jax.Array], Any]  # (carry, x, y) -> carry; `steps` steps
+  run_one: Callable[[Any, jax.Array, jax.Array], Any]  # the same, one step per call
   description: str
 
 
@@ -138,7 +142,10 @@ def _system_id_trainer(model: str, settings: Settings, seq_len: int) -> Trainer:
   def run(carry, x, y):
     return progs.chunk(carry, x, y, idx)
 
-  return Trainer(init, run, "urnn_jax.experiments.system_id.programs(...).chunk "
+  def run_one(carry, x, y):
+    return progs.chunk(carry, x, y, idx[:1])
+
+  return Trainer(init, run, run_one, "urnn_jax.experiments.system_id.programs(...).chunk "
                  "(jitted lax.scan over steps of a vmapped value_and_grad + optax update)")
 
 
@@ -168,21 +175,24 @@ def _minimal_trainer(model: str, settings: Settings, seq_len: int) -> Trainer:
 
   vstep = jax.vmap(one_step)
 
-  @functools.partial(jax.jit, donate_argnums=(0,))
-  def run(carry, x, y):
+  @functools.partial(jax.jit, donate_argnums=(0,), static_argnums=(3,))
+  def _run(carry, x, y, steps):
     xb, yb = x[:, : settings.batch_size], y[:, : settings.batch_size]
 
     def body(c, _):
       return vstep(*c, xb, yb), None
 
-    return lax.scan(body, carry, None, length=settings.steps)[0]
+    return lax.scan(body, carry, None, length=steps)[0]
+
+  run = lambda carry, x, y: _run(carry, x, y, settings.steps)
+  run_one = lambda carry, x, y: _run(carry, x, y, 1)
 
   init_v = jax.jit(jax.vmap(init_one))
 
   def init(r):
     return init_v(jax.random.split(jax.random.key(0), r))
 
-  return Trainer(init, run, "benchmarks.sweep_scaling minimal step (jitted lax.scan over steps "
+  return Trainer(init, run, run_one, "benchmarks.sweep_scaling minimal step (jitted lax.scan over steps "
                  "of a vmapped grad + optax update)")
 
 
@@ -212,6 +222,7 @@ def measure(model: str, settings: Settings, seq_len: int, log=logging.info) -> l
   y1 = [y_all[r:r + 1] for r in range(r_max)]
   singles[0] = _block(trainer.run(singles[0], x1[0], y1[0]))  # compiles
   compile_single = time.perf_counter() - t0
+  singles[0] = _block(trainer.run_one(singles[0], x1[0], y1[0]))  # compiles the 1-step program
 
   rows = []
   for r in settings.realizations:
@@ -233,21 +244,34 @@ def measure(model: str, settings: Settings, seq_len: int, log=logging.info) -> l
         singles[i] = _block(trainer.run(singles[i], x1[i], y1[i]))
       return singles[:r]
 
-    times = common.time_interleaved({"vmapped": vmapped, "sequential": sequential},
-                                    rounds=settings.repeats, warmup=1)
+    def sequential_per_step():
+      # The naive loop: one jitted optimiser step per Python call.
+      for i in range(r):
+        for _ in range(settings.steps):
+          singles[i] = trainer.run_one(singles[i], x1[i], y1[i])
+        _block(singles[i])
+      return singles[:r]
+
+    times = common.time_interleaved(
+        {"vmapped": vmapped, "sequential": sequential, "per_step": sequential_per_step},
+        rounds=settings.repeats, warmup=1)
     t_v = common.median(times["vmapped"]) / settings.steps
     t_s = common.median(times["sequential"]) / settings.steps
+    t_d = common.median(times["per_step"]) / settings.steps
     rows.append({
         "model": model, "seq_len": seq_len, "realizations": r,
         "vmapped_ms_per_step": 1e3 * t_v, "sequential_ms_per_step": 1e3 * t_s,
         "speedup": t_s / t_v,
+        "per_step_dispatch_ms_per_step": 1e3 * t_d, "speedup_vs_per_step_dispatch": t_d / t_v,
         "vmapped_realization_steps_per_s": r / t_v,
         "sequential_realization_steps_per_s": r / t_s,
         "compile_vmapped_s": compile_v, "compile_single_s": compile_single,
         "times_vmapped_s": times["vmapped"], "times_sequential_s": times["sequential"],
+        "times_per_step_dispatch_s": times["per_step"],
     })
     log(f"  {model:5s} T={seq_len:<4d} R={r:<3d} vmapped {1e3 * t_v:8.3f} ms/step  sequential "
-        f"{1e3 * t_s:8.3f} ms/step  speedup {t_s / t_v:6.2f}x  (compile {compile_v:.1f} s)")
+        f"{1e3 * t_s:8.3f} ms/step  speedup {t_s / t_v:6.2f}x  (vs per-step dispatch "
+        f"{t_d / t_v:6.2f}x; compile {compile_v:.1f} s)")
   return rows, trainer.description
 
 
@@ -284,9 +308,12 @@ def markdown(payload: dict) -> str:
       "## Time per optimiser step (all R realizations)", "",
       common.markdown_table(payload["rows"], [
           "model", "seq_len", "realizations", "vmapped_ms_per_step", "sequential_ms_per_step", "speedup",
+          "per_step_dispatch_ms_per_step", "speedup_vs_per_step_dispatch",
           "vmapped_realization_steps_per_s", "compile_vmapped_s", "compile_single_s"], headers={
           "seq_len": "T", "realizations": "R", "vmapped_ms_per_step": "vmapped ms/step",
           "sequential_ms_per_step": "sequential ms/step", "speedup": "speedup (seq/vmap)",
+          "per_step_dispatch_ms_per_step": "seq., 1 step/call ms/step",
+          "speedup_vs_per_step_dispatch": "speedup vs 1 step/call",
           "vmapped_realization_steps_per_s": "vmapped realization-steps/s",
           "compile_vmapped_s": "compile vmapped s", "compile_single_s": "compile R=1 s"}),
   ]
