@@ -22,18 +22,17 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import platform
 import statistics
-import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from urnn_jax import training
 
 
 # ----------------------------------------------------------------------------
@@ -253,74 +252,34 @@ def optional_torch():
 # Output.
 
 
-def _to_jsonable(obj):
-  if isinstance(obj, Mapping):
-    return {str(k): _to_jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_to_jsonable(v) for v in obj]
-  if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-    return _to_jsonable(obj.as_dict() if hasattr(obj, "as_dict") else dataclasses.asdict(obj))
-  if isinstance(obj, (np.ndarray, jax.Array)):
-    return _to_jsonable(np.asarray(obj).tolist())
-  if isinstance(obj, np.bool_):
-    return bool(obj)
-  if isinstance(obj, np.integer):
-    return int(obj)
-  if isinstance(obj, np.floating):
-    obj = float(obj)
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None  # JSON has no NaN/inf
-  return obj
-
-
-def _atomic_write(path: str, text: str) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def format_value(v) -> str:
-  if v is None:
-    return "–"
-  if isinstance(v, bool):
-    return "yes" if v else "no"
-  if isinstance(v, float):
-    if not math.isfinite(v):
-      return "–"
-    if v == 0:
-      return "0"
-    if abs(v) >= 1000:
-      return f"{v:,.0f}"
-    return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
-  return str(v)
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
-                   headers: Mapping[str, str] | None = None) -> str:
-  """A GitHub markdown table of ``rows`` (dicts); missing cells print as ``–``."""
-  if not rows:
-    return "_(no rows)_\n"
-  columns = list(columns or rows[0].keys())
-  headers = headers or {}
-  lines = [
-      "| " + " | ".join(headers.get(c, c) for c in columns) + " |",
-      "|" + "|".join("---" for _ in columns) + "|",
-  ]
-  for r in rows:
-    lines.append("| " + " | ".join(format_value(r.get(c)) for c in columns) + " |")
-  return "\n".join(lines) + "\n"
+# One implementation of the output helpers, the training binaries'.
+to_jsonable = training.to_jsonable
+atomic_write = training.atomic_write
+format_value = training.format_value
+markdown_table = training.markdown_table
 
 
 def write_results(out_dir: str, name: str, payload: Mapping[str, Any], markdown: str) -> tuple[str, str]:
   """Writes ``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md``; returns the paths."""
   json_path = os.path.join(out_dir, f"{name}.json")
   md_path = os.path.join(out_dir, f"{name}.md")
-  _atomic_write(json_path, json.dumps(_to_jsonable(payload), indent=2) + "\n")
-  _atomic_write(md_path, markdown)
+  training.write_json(json_path, payload)
+  atomic_write(md_path, markdown)
   return json_path, md_path
+
+
+def finish(out_dir: str | None, name: str, payload: Mapping[str, Any], markdown: str,
+           log: Callable[[str], None]) -> None:
+  """Writes the results when ``out_dir`` is given and logs where they went."""
+  if out_dir:
+    paths = write_results(out_dir, name, payload, markdown)
+    log(f"wrote {paths[0]} and {paths[1]} ({payload['wall_s']:.0f} s)")
+
+
+def print_targets(payload: Mapping[str, Any]) -> None:
+  """One line a target: its measured value and whether it is met."""
+  for t in payload["targets"]:
+    print(f"target: {t['target']}: {format_value(t['value'])} (met: {t['met']})")
 
 
 def parse_int_list(values: Iterable[Any] | None) -> list[int]:

@@ -276,9 +276,8 @@ def main(argv):
                 repeats=repeats, lr=FLAGS.learning_rate, seq_len=FLAGS.seq_len,
                 batch=FLAGS.batch_size)
   md = markdown(payload)
-  json_path, md_path = common.write_results(FLAGS.out_dir, "constraint_cost", payload, md)
   print(md)
-  print(f"Wrote {json_path} and {md_path} in {payload['wall_s']:.1f}s.")
+  common.finish(FLAGS.out_dir, "constraint_cost", payload, md, log=lambda m: print(m, flush=True))
 
 
 if __name__ == "__main__":

@@ -438,9 +438,7 @@ def run(settings: Settings, out_dir: str | None = None, log=logging.info) -> dic
       "targets": evaluate_targets(rows),
       "wall_s": time.perf_counter() - t_start,
   }
-  if out_dir:
-    paths = common.write_results(out_dir, "scan_throughput", payload, markdown(payload))
-    log(f"wrote {paths[0]} and {paths[1]} ({payload['wall_s']:.0f} s)")
+  common.finish(out_dir, "scan_throughput", payload, markdown(payload), log)
   return payload
 
 
@@ -487,8 +485,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   settings = settings_from_flags()
   payload = run(settings, FLAGS.out_dir, log=lambda s: print(s, flush=True))
-  for t in payload["targets"]:
-    print(f"target: {t['target']}: {common.format_value(t['value'])} (met: {t['met']})")
+  common.print_targets(payload)
 
 
 if __name__ == "__main__":

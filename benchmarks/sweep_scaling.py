@@ -337,9 +337,7 @@ def run(settings: Settings, out_dir: str | None = None, log=logging.info) -> dic
       "targets": evaluate_targets(rows),
       "wall_s": time.perf_counter() - t_start,
   }
-  if out_dir:
-    paths = common.write_results(out_dir, "sweep_scaling", payload, markdown(payload))
-    log(f"wrote {paths[0]} and {paths[1]} ({payload['wall_s']:.0f} s)")
+  common.finish(out_dir, "sweep_scaling", payload, markdown(payload), log)
   return payload
 
 
@@ -368,8 +366,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   payload = run(settings_from_flags(), FLAGS.out_dir, log=lambda s: print(s, flush=True))
-  for t in payload["targets"]:
-    print(f"target: {t['target']}: {common.format_value(t['value'])} (met: {t['met']})")
+  common.print_targets(payload)
 
 
 if __name__ == "__main__":

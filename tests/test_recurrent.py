@@ -176,6 +176,27 @@ def test_jit_vmap_grad_through_layer(x64):
   np.testing.assert_allclose(g_layer["params"]["readout"]["kernel"], g_theta.C.T, atol=1e-10)
 
 
+def test_forward_mode_needs_custom_gradient_off(x64):
+  cell = f64_cell(4, activation="tanh")
+  x = jax.random.normal(jax.random.key(13), (2, 9, 3), jnp.float64)
+  dx = jax.random.normal(jax.random.key(14), x.shape, jnp.float64)
+  v = urnn_jax.Recurrent(cell).init(jax.random.key(0), x)
+  with pytest.raises(TypeError):
+    jax.jvp(lambda a: urnn_jax.Recurrent(cell).apply(v, a), (x,), (dx,))
+  plain = urnn_jax.Recurrent(cell, custom_gradient=False)
+  y, dy = jax.jvp(lambda a: plain.apply(v, a), (x,), (dx,))
+  np.testing.assert_allclose(y, urnn_jax.Recurrent(cell).apply(v, x), atol=1e-12)
+  # Central difference of the same map: the tangent is the derivative.
+  eps = 1e-6
+  fd = (plain.apply(v, x + eps * dx) - plain.apply(v, x - eps * dx)) / (2 * eps)
+  np.testing.assert_allclose(dy, fd, atol=1e-8)
+  # Both settings give the same reverse-mode gradient.
+  loss = lambda layer: jax.grad(lambda a: jnp.sum(jnp.sin(layer.apply(v, a))))(x)
+  np.testing.assert_allclose(loss(plain), loss(urnn_jax.Recurrent(cell)), atol=1e-12)
+  with pytest.raises(TypeError, match="custom_gradient"):
+    urnn_jax.Recurrent(cell, custom_gradient="yes").apply(v, x)
+
+
 def test_classifier_uses_last_valid_step(x64):
   cell = f64_cell(6, activation="tanh")
   model = urnn_jax.LastStateClassifier(cell, num_classes=10)

@@ -17,8 +17,6 @@ Files: ``results.json`` (everything), ``theorem31.csv`` (the main table),
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import time
@@ -186,22 +184,6 @@ def tables(res: dict[str, Any]) -> str:
 # Files.
 
 
-def _atomic_write(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(tmp, path)
-
-
 def plot(res: dict[str, Any], path: str) -> None:
   """The six panels of equivalence.png (matplotlib imported here, lazily)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -319,6 +301,7 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   import jax  # pylint: disable=g-import-not-at-top
+  from urnn_jax import training  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_enable_x64", True)
   os.makedirs(FLAGS.workdir, exist_ok=True)
   start = time.perf_counter()
@@ -330,9 +313,9 @@ def main(argv: Sequence[str]) -> None:
   res = run(FLAGS.seed, FLAGS.quick, log)
   res["seconds"]["total"] = time.perf_counter() - start
   text = tables(res)
-  _atomic_write(os.path.join(FLAGS.workdir, "results.json"), json.dumps(res, indent=1) + "\n")
-  write_csv(os.path.join(FLAGS.workdir, "theorem31.csv"), res["theorem31"])
-  _atomic_write(os.path.join(FLAGS.workdir, "tables.md"), text)
+  training.write_json(os.path.join(FLAGS.workdir, "results.json"), res)
+  training.write_csv(os.path.join(FLAGS.workdir, "theorem31.csv"), res["theorem31"])
+  training.atomic_write(os.path.join(FLAGS.workdir, "tables.md"), text)
   plot(res, os.path.join(FLAGS.workdir, "equivalence.png"))
   print(text, flush=True)
   log(f"wrote results.json, theorem31.csv, tables.md, equivalence.png to {FLAGS.workdir}")

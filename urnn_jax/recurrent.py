@@ -43,6 +43,11 @@ class Recurrent(nn.Module):
     learn_initial_carry: make h(-1) a learnable parameter ``initial_carry``
       (zeros at init), shared across the batch.
     return_carry: also return the final carry.
+    custom_gradient: for the paper's cells (:class:`RNNCell`,
+      :class:`OrthogonalRNNCell`), use :func:`urnn_jax.rnn.recurrence`'s
+      memory-light custom VJP (default). Reverse mode only: set ``False`` to
+      differentiate the layer in forward mode (``jax.jvp``, ``jax.jacfwd``).
+      Other cells ignore it.
 
   ``__call__(x, *, initial_carry=None, seq_lengths=None)`` returns the
   outputs, ``(*batch, T, n)`` (time-major: ``(T, *batch, n)``), or
@@ -65,6 +70,7 @@ class Recurrent(nn.Module):
   unroll: int = 1
   learn_initial_carry: bool = False
   return_carry: bool = False
+  custom_gradient: bool = True
 
   @nn.compact
   def __call__(self, x, *, initial_carry=None, seq_lengths=None):
@@ -81,6 +87,10 @@ class Recurrent(nn.Module):
       )
     if not isinstance(self.unroll, int) or self.unroll < 1:
       raise ValueError(f"Recurrent: unroll must be a positive int, got {self.unroll!r}.")
+    if not isinstance(self.custom_gradient, bool):
+      raise TypeError(
+          f"Recurrent: custom_gradient must be a bool, got {self.custom_gradient!r}."
+      )
     xt = x if self.time_major else jnp.moveaxis(x, -2, 0)  # (T, *batch, m)
     batch_shape = xt.shape[1:-1]
     if seq_lengths is not None:
@@ -123,6 +133,7 @@ class Recurrent(nn.Module):
           self.cell.activation_fn,
           lengths=seq_lengths,
           unroll=self.unroll,
+          custom_gradient=self.custom_gradient,
       )
     else:
       carry, ys = self._generic_scan(xt, initial_carry, seq_lengths)
@@ -174,6 +185,7 @@ class SequenceRegressor(nn.Module):
     use_bias: add a bias to the read-out (the paper has none).
     learn_initial_carry: learn h(-1).
     unroll: scan unroll.
+    custom_gradient: see :class:`Recurrent` (``False`` for forward mode).
   """
 
   cell: nn.RNNCellBase
@@ -181,6 +193,7 @@ class SequenceRegressor(nn.Module):
   use_bias: bool = False
   learn_initial_carry: bool = False
   unroll: int = 1
+  custom_gradient: bool = True
 
   @nn.compact
   def __call__(self, x, *, seq_lengths=None):
@@ -188,6 +201,7 @@ class SequenceRegressor(nn.Module):
         self.cell.clone(parent=None),
         learn_initial_carry=self.learn_initial_carry,
         unroll=self.unroll,
+        custom_gradient=self.custom_gradient,
         name="rnn",
     )(x, seq_lengths=seq_lengths)
     return nn.Dense(
@@ -206,15 +220,18 @@ class LastStateClassifier(nn.Module):
     cell: the recurrent cell.
     num_classes: number of logits.
     unroll: scan unroll.
+    custom_gradient: see :class:`Recurrent` (``False`` for forward mode).
   """
 
   cell: nn.RNNCellBase
   num_classes: int
   unroll: int = 1
+  custom_gradient: bool = True
 
   @nn.compact
   def __call__(self, x, *, seq_lengths=None):
-    hs = Recurrent(self.cell.clone(parent=None), unroll=self.unroll, name="rnn")(x, seq_lengths=seq_lengths)
+    hs = Recurrent(self.cell.clone(parent=None), unroll=self.unroll,
+                   custom_gradient=self.custom_gradient, name="rnn")(x, seq_lengths=seq_lengths)
     if seq_lengths is None:
       last = hs[..., -1, :]
     else:

@@ -125,26 +125,17 @@ def check_params(params: RNNParams) -> None:
   if len(W) < 2 or W[-1] != W[-2]:
     raise ValueError(f"RNNParams.W must be square (n, n), got shape {W}.")
   n = W[-1]
-  if len(F) < 2 or F[-2] != n:
-    raise ValueError(
-        f"RNNParams.F must have shape (n, m) = ({n}, m) to match W {W}, got"
-        f" shape {F}."
-    )
-  if len(b) < 1 or b[-1] != n:
-    raise ValueError(
-        f"RNNParams.b must have shape (n,) = ({n},) to match W {W}, got"
-        f" shape {b}."
-    )
-  if len(C) < 2 or C[-1] != n:
-    raise ValueError(
-        f"RNNParams.C must have shape (p, n) = (p, {n}) to match W {W}, got"
-        f" shape {C}."
-    )
-  if len(h0) < 1 or h0[-1] != n:
-    raise ValueError(
-        f"RNNParams.h0 must have shape (n,) = ({n},) to match W {W}, got"
-        f" shape {h0}."
-    )
+  # (name, shape, does it fit, the expected shape in words)
+  for name, shape, fits, expected in (
+      ("F", F, len(F) >= 2 and F[-2] == n, f"(n, m) = ({n}, m)"),
+      ("b", b, len(b) >= 1 and b[-1] == n, f"(n,) = ({n},)"),
+      ("C", C, len(C) >= 2 and C[-1] == n, f"(p, n) = (p, {n})"),
+      ("h0", h0, len(h0) >= 1 and h0[-1] == n, f"(n,) = ({n},)"),
+  ):
+    if not fits:
+      raise ValueError(
+          f"RNNParams.{name} must have shape {expected} to match W {W}, got shape {shape}."
+      )
 
 
 # ---------------------------------------------------------------------------

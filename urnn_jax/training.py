@@ -19,6 +19,8 @@ here so that every experiment behaves the same way:
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
 import math
 import os
@@ -209,7 +211,8 @@ class Progress:
       self.stream.flush()
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
@@ -218,27 +221,34 @@ def _atomic_write(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def _to_jsonable(obj):
+def to_jsonable(obj):
+  """``obj`` with arrays, NumPy scalars and dataclasses made JSON types.
+
+  NaN becomes ``None`` and +-inf the strings ``"inf"`` / ``"-inf"`` (JSON has
+  neither).
+  """
   if isinstance(obj, Mapping):
-    return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
-    return [_to_jsonable(v) for v in obj]
+    return [to_jsonable(v) for v in obj]
+  if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    return to_jsonable(obj.as_dict() if hasattr(obj, "as_dict") else dataclasses.asdict(obj))
   if isinstance(obj, (np.ndarray, jax.Array)):
-    return _to_jsonable(np.asarray(obj).tolist())
-  if isinstance(obj, (np.floating,)):
-    obj = float(obj)
-  if isinstance(obj, (np.integer,)):
-    return int(obj)
-  if isinstance(obj, (np.bool_,)):
+    return to_jsonable(np.asarray(obj).tolist())
+  if isinstance(obj, np.bool_):
     return bool(obj)
+  if isinstance(obj, np.integer):
+    return int(obj)
+  if isinstance(obj, np.floating):
+    obj = float(obj)
   if isinstance(obj, float) and not math.isfinite(obj):
     return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
   return obj
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` as indented JSON, atomically; arrays become lists, NaN null."""
-  _atomic_write(path, json.dumps(_to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+  """Writes ``obj`` as indented JSON, atomically (see :func:`to_jsonable`)."""
+  atomic_write(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str) -> Any:
@@ -247,36 +257,51 @@ def read_json(path: str) -> Any:
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]], fieldnames: Iterable[str] | None = None) -> None:
-  """Writes a list of dicts as CSV, atomically."""
-  rows = [dict(_to_jsonable(r)) for r in rows]
+  """Writes a list of dicts as CSV, atomically; missing cells are empty."""
+  rows = [dict(to_jsonable(r)) for r in rows]
   if fieldnames is None:
     fieldnames = []
     for r in rows:
       fieldnames.extend(k for k in r if k not in fieldnames)
-  import io
-
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=list(fieldnames))
   writer.writeheader()
   writer.writerows(rows)
-  _atomic_write(path, buf.getvalue())
+  atomic_write(path, buf.getvalue())
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-  """A GitHub markdown table from a list of dicts."""
+def format_value(v) -> str:
+  """A table cell: 4 significant digits, thousands separated, ``–`` for none/NaN."""
+  if v is None:
+    return "–"
+  if isinstance(v, (bool, np.bool_)):
+    return "yes" if v else "no"
+  if isinstance(v, (float, np.floating)):
+    v = float(v)
+    if not math.isfinite(v):
+      return "–" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if v == 0:
+      return "0"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+  return str(v)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
+                   headers: Mapping[str, str] | None = None) -> str:
+  """A GitHub markdown table of ``rows`` (dicts), cells by :func:`format_value`.
+
+  ``columns`` picks and orders the keys (default: the first row's);
+  ``headers`` renames some of them in the header line.
+  """
   if not rows:
-    return ""
+    return "_(no rows)_\n"
   columns = list(columns or rows[0].keys())
-
-  def fmt(v):
-    if isinstance(v, float):
-      return f"{v:.4g}"
-    return str(v)
-
-  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  headers = headers or {}
+  lines = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |",
+           "|" + "---|" * len(columns)]
   for r in rows:
-    lines.append("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |")
-  return "\n".join(lines)
+    lines.append("| " + " | ".join(format_value(r.get(c)) for c in columns) + " |")
+  return "\n".join(lines) + "\n"
 
 
 def batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> np.ndarray:

@@ -610,7 +610,7 @@ def _check_config(config: Config, run_dir: str):
   path = os.path.join(run_dir, "config.json")
   if os.path.exists(path):
     saved = training.read_json(path)
-    current = training._to_jsonable(config.comparable())
+    current = training.to_jsonable(config.comparable())
     saved_cmp = {k: v for k, v in saved.items() if k not in NOT_COMPARED}
     diff = sorted(k for k in set(current) | set(saved_cmp) if current.get(k) != saved_cmp.get(k))
     if diff:

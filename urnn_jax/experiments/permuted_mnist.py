@@ -364,7 +364,7 @@ def steps_per_epoch(config: Config, num_train: int) -> int:
 
 def _check_config(config: Config, run_dir: str) -> None:
   path = os.path.join(run_dir, "config.json")
-  current = training._to_jsonable(config.comparable())  # pylint: disable=protected-access
+  current = training.to_jsonable(config.comparable())
   if os.path.exists(path):
     saved = {k: v for k, v in training.read_json(path).items() if k not in Config.RESUMABLE_CHANGES}
     diff = sorted(k for k in set(current) | set(saved) if current.get(k) != saved.get(k))
