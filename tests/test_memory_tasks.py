@@ -150,3 +150,21 @@ def test_divergence_is_reported_not_fatal(tmp_path, monkeypatch):
   out = quiet(tiny(task="adding", length=4, models=("rnn",)), tmp_path)
   assert "diverged" in out["rows"][0]
   assert "| rnn | diverged |" in mt.summary_table(str(tmp_path))
+
+
+def test_training_binaries_import_together():
+  # Each binary defines its absl flags in define_flags(), called only as
+  # __main__, so a driver script or notebook can import several of them
+  # without DuplicateFlagError. A fresh interpreter keeps this process's
+  # global flag registry untouched.
+  code = (
+      "from absl import flags\n"
+      "import train.memory_tasks as a, train.permuted_mnist as b, train.system_id as c, train.equivalence\n"
+      "assert 'task' not in flags.FLAGS and 'hidden' not in flags.FLAGS\n"
+      "a.define_flags()\n"
+      "assert 'task' in flags.FLAGS and 'hidden' in flags.FLAGS\n"
+      "print('ok')\n"
+  )
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().endswith("ok")

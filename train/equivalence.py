@@ -26,9 +26,15 @@ from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for results.json, tables and equivalence.png.")
-flags.DEFINE_integer("seed", 0, "PRNG seed; the run is deterministic given it.")
-flags.DEFINE_bool("quick", False, "Tiny configuration (for tests).")
+
+
+def define_flags() -> None:
+  """Defines this binary's flags (called by ``__main__`` only, so the binaries
+  can be imported together)."""
+  flags.DEFINE_string("workdir", None, "Directory for results.json, tables and equivalence.png.")
+  flags.DEFINE_integer("seed", 0, "PRNG seed; the run is deterministic given it.")
+  flags.DEFINE_bool("quick", False, "Tiny configuration (for tests).")
+
 
 DEFAULT = {
     "ns": (1, 2, 4, 8, 16, 64), "steps": 1000, "batch": 32,
@@ -322,5 +328,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["workdir"])
   app.run(main)

@@ -36,30 +36,35 @@ from urnn_jax.experiments import memory_tasks as mt
 
 _d = mt.Config()
 
-flags.DEFINE_enum("task", _d.task, sorted(memory.TASKS), "Task.")
-flags.DEFINE_list("length", [str(_d.length)],
-                  "Sequence length(s) T, comma-separated (copy: the number of blanks).")
-flags.DEFINE_list("models", list(_d.models), f"Models, some of {list(mt.MODELS)}.")
-flags.DEFINE_integer("hidden", _d.hidden, "Hidden size n (all models).")
-flags.DEFINE_enum("activation", None, ["relu", "tanh", "sigmoid", "identity", "leaky_relu", "abs"],
-                  f"Activation of the RNN / uRNN cells; default per task: {mt.DEFAULT_ACTIVATION}.")
-flags.DEFINE_enum("rnn_init", _d.rnn_init, sorted(mt.RNN_INITS), "Initialiser of the free RNN's W.")
-flags.DEFINE_enum("optimizer", _d.optimizer, sorted(mt.OPTIMIZERS), "Optimiser (all models).")
-flags.DEFINE_float("learning_rate", _d.learning_rate, "Learning rate.")
-flags.DEFINE_float("grad_clip", _d.grad_clip, "Clip gradients to this global norm (0: off).")
-flags.DEFINE_integer("batch_size", _d.batch_size, "Training batch size.")
-flags.DEFINE_integer("steps", _d.steps, "Training steps per model.")
-flags.DEFINE_integer("eval_every", _d.eval_every, "Evaluate every this many steps.")
-flags.DEFINE_integer("eval_size", _d.eval_size, "Held-out evaluation sequences.")
-flags.DEFINE_integer("eval_batch", _d.eval_batch, "Evaluation chunk size.")
-flags.DEFINE_integer("checkpoint_every", _d.checkpoint_every, "Checkpoint every this many steps.")
-flags.DEFINE_integer("seed", _d.seed, "Seed of data, initialisation and evaluation set.")
-flags.DEFINE_integer("num_values", None, "first_term / kth_highest: values per term (default 10 / 100).")
-flags.DEFINE_integer("k", None, "kth_highest: k (default 3).")
-flags.DEFINE_integer("diagnostics_batch", _d.diagnostics_batch, "Sequences averaged in the gradient norms.")
-flags.DEFINE_bool("diagnostics", _d.diagnostics,
-                  "Gradient norms ||dL/dh(k)|| and the Jacobian bound check for the RNN / uRNN models.")
-flags.DEFINE_string("workdir", "runs/memory_tasks", "Output and checkpoint directory.")
+
+def define_flags() -> None:
+  """Defines this binary's flags (called by ``__main__`` only, so the binaries
+  can be imported together)."""
+  flags.DEFINE_enum("task", _d.task, sorted(memory.TASKS), "Task.")
+  flags.DEFINE_list("length", [str(_d.length)],
+                    "Sequence length(s) T, comma-separated (copy: the number of blanks).")
+  flags.DEFINE_list("models", list(_d.models), f"Models, some of {list(mt.MODELS)}.")
+  flags.DEFINE_integer("hidden", _d.hidden, "Hidden size n (all models).")
+  flags.DEFINE_enum("activation", None, ["relu", "tanh", "sigmoid", "identity", "leaky_relu", "abs"],
+                    f"Activation of the RNN / uRNN cells; default per task: {mt.DEFAULT_ACTIVATION}.")
+  flags.DEFINE_enum("rnn_init", _d.rnn_init, sorted(mt.RNN_INITS), "Initialiser of the free RNN's W.")
+  flags.DEFINE_enum("optimizer", _d.optimizer, sorted(mt.OPTIMIZERS), "Optimiser (all models).")
+  flags.DEFINE_float("learning_rate", _d.learning_rate, "Learning rate.")
+  flags.DEFINE_float("grad_clip", _d.grad_clip, "Clip gradients to this global norm (0: off).")
+  flags.DEFINE_integer("batch_size", _d.batch_size, "Training batch size.")
+  flags.DEFINE_integer("steps", _d.steps, "Training steps per model.")
+  flags.DEFINE_integer("eval_every", _d.eval_every, "Evaluate every this many steps.")
+  flags.DEFINE_integer("eval_size", _d.eval_size, "Held-out evaluation sequences.")
+  flags.DEFINE_integer("eval_batch", _d.eval_batch, "Evaluation chunk size.")
+  flags.DEFINE_integer("checkpoint_every", _d.checkpoint_every, "Checkpoint every this many steps.")
+  flags.DEFINE_integer("seed", _d.seed, "Seed of data, initialisation and evaluation set.")
+  flags.DEFINE_integer("num_values", None, "first_term / kth_highest: values per term (default 10 / 100).")
+  flags.DEFINE_integer("k", None, "kth_highest: k (default 3).")
+  flags.DEFINE_integer("diagnostics_batch", _d.diagnostics_batch, "Sequences averaged in the gradient norms.")
+  flags.DEFINE_bool("diagnostics", _d.diagnostics,
+                    "Gradient norms ||dL/dh(k)|| and the Jacobian bound check for the RNN / uRNN models.")
+  flags.DEFINE_string("workdir", "runs/memory_tasks", "Output and checkpoint directory.")
+
 
 FLAGS = flags.FLAGS
 
@@ -122,4 +127,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -41,31 +41,36 @@ from urnn_jax.experiments import permuted_mnist as pm
 
 _d = pm.Config()
 
-flags.DEFINE_list("model", [_d.model], f"Model(s), comma-separated, some of {sorted(pm.MODELS)}.")
-flags.DEFINE_integer("hidden", _d.hidden, "Hidden size n (LSTM: cell size).")
-flags.DEFINE_enum("activation", _d.activation, list(pm.ACTIVATIONS), "Activation of the RNN/URNN cells.")
-flags.DEFINE_enum("optimizer", _d.optimizer, sorted(pm.OPTIMIZERS), "Optimiser (RMSProp, as in the paper).")
-flags.DEFINE_list("learning_rate", [f"{_d.learning_rate:g}"], "Learning rate(s), comma-separated.")
-flags.DEFINE_float("grad_clip", _d.grad_clip, "Clip gradients to this global norm (0: off).")
-flags.DEFINE_float("contraction", _d.contraction, "ContRNN: largest allowed singular value of W.")
-flags.DEFINE_integer("epochs", _d.epochs, "Maximum number of epochs.")
-flags.DEFINE_integer("batch_size", _d.batch_size, "Training batch size.")
-flags.DEFINE_integer("patience", _d.patience,
-                     "Early stopping: stop after this many epochs without a better validation accuracy (0: off).")
-flags.DEFINE_enum("dataset", _d.dataset, list(images.DATASETS), "Dataset.")
-flags.DEFINE_string("data_dir", None, "tfds data_dir and/or directory of IDX files.")
-flags.DEFINE_enum("source", _d.source, list(images.SOURCES), "Where to read the data (auto: tfds, then IDX).")
-flags.DEFINE_integer("num_validation", _d.num_validation, "Training examples held out for validation.")
-flags.DEFINE_integer("train_subset", _d.train_subset, "Train on only this many examples (0: all).")
-flags.DEFINE_integer("eval_subset", _d.eval_subset, "Validate and test on only this many examples (0: all).")
-flags.DEFINE_integer("max_steps_per_epoch", _d.max_steps_per_epoch, "Cap on steps per epoch (0: a full pass).")
-flags.DEFINE_integer("eval_batch_size", _d.eval_batch_size, "Evaluation chunk size.")
-flags.DEFINE_integer("checkpoint_every", _d.checkpoint_every,
-                     "Also checkpoint every this many steps within an epoch (0: epoch ends only).")
-flags.DEFINE_integer("unroll", _d.unroll, "lax.scan unroll factor.")
-flags.DEFINE_integer("seed", _d.seed, "Seed of the pixel permutation, validation split, init and batches.")
-flags.DEFINE_bool("permute", _d.permute, "Permute the pixels (--nopermute: sequential pixel MNIST).")
-flags.DEFINE_string("workdir", "runs/permuted_mnist", "Output and checkpoint directory.")
+
+def define_flags() -> None:
+  """Defines this binary's flags (called by ``__main__`` only, so the binaries
+  can be imported together)."""
+  flags.DEFINE_list("model", [_d.model], f"Model(s), comma-separated, some of {sorted(pm.MODELS)}.")
+  flags.DEFINE_integer("hidden", _d.hidden, "Hidden size n (LSTM: cell size).")
+  flags.DEFINE_enum("activation", _d.activation, list(pm.ACTIVATIONS), "Activation of the RNN/URNN cells.")
+  flags.DEFINE_enum("optimizer", _d.optimizer, sorted(pm.OPTIMIZERS), "Optimiser (RMSProp, as in the paper).")
+  flags.DEFINE_list("learning_rate", [f"{_d.learning_rate:g}"], "Learning rate(s), comma-separated.")
+  flags.DEFINE_float("grad_clip", _d.grad_clip, "Clip gradients to this global norm (0: off).")
+  flags.DEFINE_float("contraction", _d.contraction, "ContRNN: largest allowed singular value of W.")
+  flags.DEFINE_integer("epochs", _d.epochs, "Maximum number of epochs.")
+  flags.DEFINE_integer("batch_size", _d.batch_size, "Training batch size.")
+  flags.DEFINE_integer("patience", _d.patience,
+                       "Early stopping: stop after this many epochs without a better validation accuracy (0: off).")
+  flags.DEFINE_enum("dataset", _d.dataset, list(images.DATASETS), "Dataset.")
+  flags.DEFINE_string("data_dir", None, "tfds data_dir and/or directory of IDX files.")
+  flags.DEFINE_enum("source", _d.source, list(images.SOURCES), "Where to read the data (auto: tfds, then IDX).")
+  flags.DEFINE_integer("num_validation", _d.num_validation, "Training examples held out for validation.")
+  flags.DEFINE_integer("train_subset", _d.train_subset, "Train on only this many examples (0: all).")
+  flags.DEFINE_integer("eval_subset", _d.eval_subset, "Validate and test on only this many examples (0: all).")
+  flags.DEFINE_integer("max_steps_per_epoch", _d.max_steps_per_epoch, "Cap on steps per epoch (0: a full pass).")
+  flags.DEFINE_integer("eval_batch_size", _d.eval_batch_size, "Evaluation chunk size.")
+  flags.DEFINE_integer("checkpoint_every", _d.checkpoint_every,
+                       "Also checkpoint every this many steps within an epoch (0: epoch ends only).")
+  flags.DEFINE_integer("unroll", _d.unroll, "lax.scan unroll factor.")
+  flags.DEFINE_integer("seed", _d.seed, "Seed of the pixel permutation, validation split, init and batches.")
+  flags.DEFINE_bool("permute", _d.permute, "Permute the pixels (--nopermute: sequential pixel MNIST).")
+  flags.DEFINE_string("workdir", "runs/permuted_mnist", "Output and checkpoint directory.")
+
 
 FLAGS = flags.FLAGS
 
@@ -140,4 +145,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

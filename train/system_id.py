@@ -34,37 +34,42 @@ from urnn_jax.experiments import system_id as sid
 
 _d = sid.Config()
 
-flags.DEFINE_list("models", list(_d.models), f"Models, some of {list(sid.MODELS)}.")
-flags.DEFINE_list("hidden", [str(h) for h in _d.hidden], "Hidden sizes of the trained models.")
-flags.DEFINE_integer("realizations", _d.realizations, "Teacher realizations (30 in the paper).")
-flags.DEFINE_float("snr_db", _d.snr_db, "Output SNR in dB (20: Fig. 2, 15: Fig. 3).")
-flags.DEFINE_enum("inputs", _d.inputs, ["gaussian", "sparse"],
-                  "Inputs: i.i.d. Gaussian (Fig. 2) or sparse Gaussian, nonzero w.p. 0.02 (Fig. 3).")
-flags.DEFINE_integer("train_sequences", _d.train_sequences, "Training sequences per realization.")
-flags.DEFINE_integer("test_sequences", _d.test_sequences, "Test sequences per realization.")
-flags.DEFINE_integer("seq_len", _d.seq_len, "Time steps T per sequence.")
-flags.DEFINE_integer("epochs", _d.epochs, "Training epochs (passes over the training sequences).")
-flags.DEFINE_integer("batch_size", _d.batch_size, "Sequences per batch.")
-flags.DEFINE_float("learning_rate", _d.learning_rate, "Learning rate.")
-flags.DEFINE_enum("optimizer", _d.optimizer, sorted(sid.OPTIMIZERS), "Optimiser (all models).")
-flags.DEFINE_enum("constraint", _d.constraint, list(sid.CONSTRAINTS),
-                  "URNN: how W is kept orthogonal after each step (projection: SVD, the paper's).")
-flags.DEFINE_boolean("standardize_targets", _d.standardize_targets,
-                     "Scale each output channel by its training std (R^2 is unchanged).")
-flags.DEFINE_integer("seed", _d.seed, "Seed of data, initialisation and batch order.")
-flags.DEFINE_integer("checkpoint_every", _d.checkpoint_every,
-                     "Checkpoint every this many steps (0: every epoch).")
-flags.DEFINE_integer("unroll", _d.unroll, "lax.scan unroll of the recurrences.")
-flags.DEFINE_integer("parallel", 1,
-                     "Configurations trained at the same time, in threads (results do not"
-                     " depend on it).")
-flags.DEFINE_integer("eval_batch", _d.eval_batch, "Test sequences per evaluation call.")
-flags.DEFINE_string("workdir", None,
-                    "Output and checkpoint directory (default runs/system_id, with --paper"
-                    " runs/system_id_paper).")
-flags.DEFINE_boolean("paper", False,
-                     "The paper's scale: 30 realizations, 700/300 sequences of T=1000, hidden"
-                     " 2..14, models rnn,urnn,contrnn,lstm. Flags given explicitly still win.")
+
+def define_flags() -> None:
+  """Defines this binary's flags (called by ``__main__`` only, so the binaries
+  can be imported together)."""
+  flags.DEFINE_list("models", list(_d.models), f"Models, some of {list(sid.MODELS)}.")
+  flags.DEFINE_list("hidden", [str(h) for h in _d.hidden], "Hidden sizes of the trained models.")
+  flags.DEFINE_integer("realizations", _d.realizations, "Teacher realizations (30 in the paper).")
+  flags.DEFINE_float("snr_db", _d.snr_db, "Output SNR in dB (20: Fig. 2, 15: Fig. 3).")
+  flags.DEFINE_enum("inputs", _d.inputs, ["gaussian", "sparse"],
+                    "Inputs: i.i.d. Gaussian (Fig. 2) or sparse Gaussian, nonzero w.p. 0.02 (Fig. 3).")
+  flags.DEFINE_integer("train_sequences", _d.train_sequences, "Training sequences per realization.")
+  flags.DEFINE_integer("test_sequences", _d.test_sequences, "Test sequences per realization.")
+  flags.DEFINE_integer("seq_len", _d.seq_len, "Time steps T per sequence.")
+  flags.DEFINE_integer("epochs", _d.epochs, "Training epochs (passes over the training sequences).")
+  flags.DEFINE_integer("batch_size", _d.batch_size, "Sequences per batch.")
+  flags.DEFINE_float("learning_rate", _d.learning_rate, "Learning rate.")
+  flags.DEFINE_enum("optimizer", _d.optimizer, sorted(sid.OPTIMIZERS), "Optimiser (all models).")
+  flags.DEFINE_enum("constraint", _d.constraint, list(sid.CONSTRAINTS),
+                    "URNN: how W is kept orthogonal after each step (projection: SVD, the paper's).")
+  flags.DEFINE_boolean("standardize_targets", _d.standardize_targets,
+                       "Scale each output channel by its training std (R^2 is unchanged).")
+  flags.DEFINE_integer("seed", _d.seed, "Seed of data, initialisation and batch order.")
+  flags.DEFINE_integer("checkpoint_every", _d.checkpoint_every,
+                       "Checkpoint every this many steps (0: every epoch).")
+  flags.DEFINE_integer("unroll", _d.unroll, "lax.scan unroll of the recurrences.")
+  flags.DEFINE_integer("parallel", 1,
+                       "Configurations trained at the same time, in threads (results do not"
+                       " depend on it).")
+  flags.DEFINE_integer("eval_batch", _d.eval_batch, "Test sequences per evaluation call.")
+  flags.DEFINE_string("workdir", None,
+                      "Output and checkpoint directory (default runs/system_id, with --paper"
+                      " runs/system_id_paper).")
+  flags.DEFINE_boolean("paper", False,
+                       "The paper's scale: 30 realizations, 700/300 sequences of T=1000, hidden"
+                       " 2..14, models rnn,urnn,contrnn,lstm. Flags given explicitly still win.")
+
 
 FLAGS = flags.FLAGS
 
@@ -116,4 +121,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
