@@ -252,9 +252,7 @@ def optional_torch():
 # Output.
 
 
-# One implementation of the output helpers, the training binaries'.
-to_jsonable = training.to_jsonable
-atomic_write = training.atomic_write
+# One implementation of the table helpers, the training binaries'.
 format_value = training.format_value
 markdown_table = training.markdown_table
 
@@ -264,7 +262,7 @@ def write_results(out_dir: str, name: str, payload: Mapping[str, Any], markdown:
   json_path = os.path.join(out_dir, f"{name}.json")
   md_path = os.path.join(out_dir, f"{name}.md")
   training.write_json(json_path, payload)
-  atomic_write(md_path, markdown)
+  training.atomic_write(md_path, markdown)
   return json_path, md_path
 
 
