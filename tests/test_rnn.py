@@ -200,3 +200,33 @@ def test_simulate_forward_mode_with_plain_gradient(x64):
   np.testing.assert_allclose(tangent, fd, atol=1e-7)
   with pytest.raises(TypeError):
     jax.jvp(lambda w: f(w, True), (params.W,), (dw,))
+
+
+@pytest.mark.parametrize("rows", [1, 255, 256, 1000, 1031])
+def test_row_gram_is_a_transpose_b(x64, rows):
+  """row_gram equals a^T b computed by numpy."""
+  k = jax.random.split(jax.random.key(7), 2)
+  a = jax.random.normal(k[0], (rows, 5), jnp.float64)
+  b = jax.random.normal(k[1], (rows, 3), jnp.float64)
+  want = np.asarray(a).T @ np.asarray(b)
+  for fn in (rnn.row_gram, jax.jit(rnn.row_gram)):
+    got = fn(a, b)
+    assert got.shape == (5, 3) and got.dtype == jnp.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  with pytest.raises(ValueError, match=r"\(N, p\) and \(N, q\)"):
+    rnn.row_gram(a, b[:-1] if rows > 1 else b[:, 0])
+
+
+def test_project_rows_values_and_gradients_match_the_matmul(x64):
+  k = jax.random.split(jax.random.key(8), 3)
+  x = jax.random.normal(k[0], (4, 300, 3), jnp.float64)
+  w = jax.random.normal(k[1], (3, 6), jnp.float64)
+  g = jax.random.normal(k[2], (4, 300, 6), jnp.float64)
+  np.testing.assert_allclose(rnn.project_rows(x, w), x @ w, rtol=0, atol=1e-13)
+  got = jax.grad(lambda x, w: jnp.sum(g * rnn.project_rows(x, w)), argnums=(0, 1))(x, w)
+  want = jax.grad(lambda x, w: jnp.sum(g * (x @ w)), argnums=(0, 1))(x, w)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-11)
+  # float32 in, float32 gradients out.
+  got32 = jax.grad(lambda w: jnp.sum(rnn.project_rows(x.astype(jnp.float32), w)))(w.astype(jnp.float32))
+  assert got32.dtype == jnp.float32

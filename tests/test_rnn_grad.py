@@ -232,24 +232,97 @@ def test_complex(x64, activation):
   assert_trees_close(got, want)
 
 
-def test_layer_and_simulate_gradients_match_plain(x64, monkeypatch):
-  """Recurrent and simulate go through the custom VJP; plain gives the same grads."""
-  model = urnn_jax.SequenceRegressor(urnn_jax.RNNCell(5, param_dtype=jnp.float64), 2,
-                                     learn_initial_carry=True)
+@pytest.mark.parametrize("time_major", [False, True])
+def test_layer_and_simulate_gradients_match_plain(x64, time_major):
+  """Recurrent and simulate go through the custom VJPs; plain autodiff gives the same grads."""
+  def model(custom):
+    return urnn_jax.SequenceRegressor(urnn_jax.RNNCell(5, param_dtype=jnp.float64), 2,
+                                      learn_initial_carry=True, custom_gradient=custom)
+
   x = jax.random.normal(jax.random.key(15), (3, 11, 2), jnp.float64)
-  variables = model.init(jax.random.key(16), x)
+  variables = model(True).init(jax.random.key(16), x)
+  variables["params"]["rnn"]["initial_carry"] = jnp.linspace(-1, 1, 5)
   seq_lengths = jnp.array([11, 4, 7])
 
-  def loss(v):
-    return jnp.sum(jnp.square(model.apply(v, x, seq_lengths=seq_lengths)))
+  def loss(v, custom):
+    if time_major:  # The layer itself, time-major, with the regressor's parameters.
+      layer = urnn_jax.Recurrent(urnn_jax.RNNCell(5, param_dtype=jnp.float64), time_major=True,
+                                 learn_initial_carry=True, custom_gradient=custom)
+      hs = layer.apply({"params": v["params"]["rnn"]}, jnp.moveaxis(x, 1, 0),
+                       seq_lengths=seq_lengths)
+      return jnp.sum(jnp.square(hs))
+    return jnp.sum(jnp.square(model(custom).apply(v, x, seq_lengths=seq_lengths)))
 
-  got = jax.grad(loss)(variables)
-  import urnn_jax.recurrent as recurrent_mod
-
-  monkeypatch.setattr(recurrent_mod, "recurrence",
-                      functools.partial(recurrence, custom_gradient=False))
-  want = jax.grad(loss)(variables)
+  got = jax.grad(loss)(variables, True)
+  want = jax.grad(loss)(variables, False)
   assert_trees_close(got, want)
+  theta = urnn_jax.to_rnn_params(variables)
+  g_sim = jax.grad(lambda t: jnp.sum(jnp.square(urnn_jax.simulate(t, x))))(theta)
+  g_plain = jax.grad(lambda t: jnp.sum(jnp.square(
+      urnn_jax.simulate(t, x, custom_gradient=False))))(theta)
+  assert_trees_close(g_sim, g_plain)
+
+
+def _batch_major_grads(custom, act, kernel, z, h0, g_hs, g_last, lengths=None, unroll=1):
+  """Gradients through ``batch_major=True``, returned in the time-major layout."""
+  zb, gb = jnp.moveaxis(z, 0, -2), jnp.moveaxis(g_hs, 0, -2)
+
+  def loss(kernel, zb, h0):
+    h_last, hs = recurrence(kernel, zb, h0, act, lengths=lengths, unroll=unroll,
+                            custom_gradient=custom, batch_major=True)
+    return jnp.sum(jnp.real(gb * hs)) + jnp.sum(jnp.real(g_last * h_last))
+
+  dk, dzb, dh0 = jax.grad(loss, argnums=(0, 1, 2))(kernel, zb, h0)
+  return dk, jnp.moveaxis(dzb, -2, 0), dh0
+
+
+@pytest.mark.parametrize("custom", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("batch_shape", [(), (2, 3)])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "identity", "soft"])
+def test_batch_major_matches_time_major(x64, activation, batch_shape, masked, custom):
+  act = CALLABLES.get(activation, activation)
+  T, n = 9, 4
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(20), T, batch_shape, n)
+  lengths = None
+  if masked:
+    lengths = jnp.asarray(np.resize([9, 4, 0, 1, 12, 6], batch_shape)) if batch_shape else jnp.asarray(5)
+  got = _batch_major_grads(custom, act, kernel, z, h0, g_hs, g_last, lengths=lengths)
+  want = _grads(False, act, kernel, z, h0, g_hs, g_last, lengths=lengths)
+  assert_trees_close(got, want)
+  h_last, hs = recurrence(kernel, jnp.moveaxis(z, 0, -2), h0, act, lengths=lengths,
+                          batch_major=True, custom_gradient=custom)
+  ref_last, ref_hs = recurrence(kernel, z, h0, act, lengths=lengths, custom_gradient=False)
+  assert hs.shape == batch_shape + (T, n) and h_last.shape == batch_shape + (n,)
+  assert_trees_close((h_last, jnp.moveaxis(hs, -2, 0)), (ref_last, ref_hs), rtol=1e-13)
+
+
+@pytest.mark.parametrize("T", [0, 1, 2])
+@pytest.mark.parametrize("h0_shape", [(), (4,), (3, 4)])
+def test_batch_major_short_sequences_h0_and_unroll(x64, T, h0_shape):
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(21), T, (3,), 4, h0_shape=h0_shape)
+  got = _batch_major_grads(True, "relu", kernel, z, h0, g_hs, g_last, unroll=2)
+  assert got[2].shape == h0_shape
+  assert_trees_close(got, _grads(False, "relu", kernel, z, h0, g_hs, g_last))
+
+
+def test_batch_major_vmap_and_complex(x64):
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(22), 6, (4, 2), 3)
+  zb = jnp.moveaxis(z, 0, -2)  # (4, 2, T, n): vmap over the leading axis
+  f = lambda zb: recurrence(kernel, zb, h0[0], "tanh", batch_major=True)[1]
+  np.testing.assert_allclose(jax.vmap(f)(zb), f(zb), rtol=0, atol=1e-14)
+  kc = (kernel + 0.5j * kernel[::-1]) / 2
+  zc = z + 1j * z[::-1]
+  got = _batch_major_grads(True, "identity", kc, zc, h0, g_hs, g_last)
+  assert_trees_close(got, _grads(False, "identity", kc, zc, h0, g_hs, g_last))
+
+
+def test_batch_major_lengths_must_have_the_batch_shape():
+  with pytest.raises(ValueError, match=r"batch shape \(2, 3\)"):
+    recurrence(jnp.eye(3), jnp.ones((2, 3, 5, 3)), jnp.zeros(3), lengths=jnp.ones((3,), int),
+               batch_major=True)
+  with pytest.raises(ValueError, match=r"\(\*batch, T, n\)"):
+    recurrence(jnp.eye(3), jnp.ones((4, 2)), jnp.zeros(3), batch_major=True)
 
 
 def test_shape_errors():

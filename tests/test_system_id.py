@@ -187,6 +187,27 @@ def test_models_and_optimizers():
     sid.make_optimizer("urnn", constraint="qr")
   with pytest.raises(ValueError, match="models"):
     dataclasses.replace(TINY, models=("rnn", "mlp")).validate()
+  with pytest.raises(ValueError, match="lr_schedule='step'"):
+    dataclasses.replace(TINY, lr_schedule="step").validate()
+  with pytest.raises(ValueError, match="grad_clip must be >= 0"):
+    dataclasses.replace(TINY, grad_clip=-1.0).validate()
+
+
+def test_defaults_decay_and_clip_but_paper_keeps_the_papers_optimiser():
+  """The CPU-sized default adds a cosine decay and clipping; --paper is Adam 0.01 as published."""
+  d = sid.Config()
+  assert (d.optimizer, d.learning_rate, d.batch_size) == ("adam", 0.01, 10)
+  assert (d.lr_schedule, d.grad_clip) == ("cosine", 1.0)
+  assert (sid.PAPER.lr_schedule, sid.PAPER.grad_clip) == ("constant", 0.0)
+  assert (sid.PAPER.realizations, sid.PAPER.train_sequences, sid.PAPER.test_sequences) == (30, 700, 300)
+  # The schedule runs over the whole run: the learning rate reaches 0 at the last step.
+  tx = sid.make_optimizer("rnn", 0.01, lr_schedule="cosine", total_steps=4, grad_clip=1.0)
+  params = {"w": jnp.ones(2)}
+  state = tx.init(params)
+  for _ in range(4):
+    updates, state = tx.update({"w": jnp.ones(2)}, state, params)
+  updates, state = tx.update({"w": jnp.ones(2)}, state, params)
+  np.testing.assert_allclose(updates["w"], 0.0, atol=1e-9)
 
 
 def test_finding_lines():

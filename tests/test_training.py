@@ -101,3 +101,36 @@ def test_save_figure_writes_png(tmp_path):
   ax.plot([0, 1], [1, 0])
   training.save_figure(fig, str(tmp_path / "f.png"))
   assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_make_optimizer_schedule_clip_and_errors():
+  params = {"w": jnp.ones((3,))}
+  grads = {"w": jnp.full((3,), 100.0)}
+  # Cosine: the peak learning rate at step 0, ~0 at the end; SGD makes it visible.
+  tx = training.make_optimizer("sgd", 0.5, lr_schedule="cosine", total_steps=10)
+  state = tx.init(params)
+  sizes = []
+  for _ in range(10):
+    updates, state = tx.update({"w": jnp.ones((3,))}, state, params)
+    sizes.append(float(-updates["w"][0]))
+  np.testing.assert_allclose(sizes[0], 0.5, rtol=1e-6)
+  np.testing.assert_allclose(sizes[5], 0.25, rtol=1e-5)  # half way down the cosine
+  assert sizes == sorted(sizes, reverse=True) and sizes[-1] < 0.03
+  # Clipping: the update of a huge gradient has the clipped global norm.
+  tx = training.make_optimizer("sgd", 1.0, grad_clip=2.0)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(float(jnp.linalg.norm(updates["w"])), 2.0, rtol=1e-6)
+  # Constant Adam is optax.adam.
+  tx = training.make_optimizer("adam", 1e-2)
+  want, _ = optax.adam(1e-2).update(grads, optax.adam(1e-2).init(params), params)
+  got, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(got["w"], want["w"])
+  for kwargs, pattern in [
+      (dict(optimizer="lamb"), "optimizer='lamb'"),
+      (dict(learning_rate=0.0), "learning_rate must be > 0"),
+      (dict(grad_clip=-1.0), "grad_clip must be >= 0"),
+      (dict(lr_schedule="linear"), "lr_schedule='linear'"),
+      (dict(lr_schedule="cosine"), "needs total_steps"),
+  ]:
+    with pytest.raises(ValueError, match=pattern):
+      training.make_optimizer(**kwargs)

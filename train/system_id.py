@@ -51,6 +51,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", _d.batch_size, "Sequences per batch.")
   flags.DEFINE_float("learning_rate", _d.learning_rate, "Learning rate.")
   flags.DEFINE_enum("optimizer", _d.optimizer, sorted(sid.OPTIMIZERS), "Optimiser (all models).")
+  flags.DEFINE_enum("lr_schedule", _d.lr_schedule, list(training.LR_SCHEDULES),
+                    "Learning rate: constant (the paper's), or cosine decay to 0 over the run.")
+  flags.DEFINE_float("grad_clip", _d.grad_clip,
+                     "Clip the gradients' global norm to this before the optimiser (0: off).")
   flags.DEFINE_enum("constraint", _d.constraint, list(sid.CONSTRAINTS),
                     "URNN: how W is kept orthogonal after each step (projection: SVD, the paper's).")
   flags.DEFINE_boolean("standardize_targets", _d.standardize_targets,

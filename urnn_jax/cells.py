@@ -28,11 +28,34 @@ import jax.numpy as jnp
 
 from urnn_jax import initializers as inits
 from urnn_jax import orthogonal
-from urnn_jax.rnn import Activation, get_activation
+from urnn_jax.rnn import Activation, get_activation, project_rows
 
 Initializer = Callable[..., jax.Array]
 
 PARAMETRIZATIONS = ("expm", "cayley")
+
+
+class _InputProjection(nn.Module):
+  """x F^T + b: ``nn.Dense``'s parameters (``kernel`` (m, n), ``bias`` (n,)) and values.
+
+  With ``custom_gradient`` the matmul is :func:`urnn_jax.rnn.project_rows`,
+  whose kernel gradient is computed for the hoisted (all steps at once) case.
+  """
+
+  features: int
+  kernel_init: Initializer
+  bias_init: Initializer
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, custom_gradient: bool = False):
+    kernel = self.param("kernel", self.kernel_init, (jnp.shape(x)[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = project_rows(x, kernel) if custom_gradient else x @ kernel
+    return y + bias
 
 
 class _HoistableCell(nn.RNNCellBase):
@@ -56,9 +79,8 @@ class _HoistableCell(nn.RNNCellBase):
 
   def setup(self):
     self._check()
-    self.input = nn.Dense(
+    self.input = _InputProjection(
         self.features,
-        use_bias=True,
         kernel_init=self.kernel_init,
         bias_init=self.bias_init,
         dtype=self.dtype,
@@ -78,9 +100,13 @@ class _HoistableCell(nn.RNNCellBase):
   def activation_fn(self) -> Callable[[jax.Array], jax.Array]:
     return get_activation(self.activation)
 
-  def project_inputs(self, x: jax.Array) -> jax.Array:
-    """x F^T + b over all leading axes (all time steps in one matmul)."""
-    return self.input(x)
+  def project_inputs(self, x: jax.Array, *, custom_gradient: bool = False) -> jax.Array:
+    """x F^T + b over all leading axes (all time steps in one matmul).
+
+    ``custom_gradient``: reverse-mode-only VJP tuned for the hoisted
+    projection (:func:`urnn_jax.rnn.project_rows`), as :class:`Recurrent` uses it.
+    """
+    return self.input(x, custom_gradient)
 
   def __call__(self, carry, inputs):
     """One step: returns ``(h, h)`` with h = phi(carry K + inputs F^T + b)."""

@@ -8,8 +8,10 @@ For the eq. (1) cells (:class:`~urnn_jax.RNNCell`,
 1. the input projection x F^T + b for every step, as one matmul;
 2. the recurrent kernel K = W^T, including any parametrisation
    (K = base @ expm(skew(A))), built once per call;
-3. a ``lax.scan`` whose body is only ``phi(h @ K + z_k)``
-   (:func:`urnn_jax.rnn.recurrence`, shared with :func:`urnn_jax.simulate`).
+3. a loop whose body is only ``phi(h @ K + z_k)``
+   (:func:`urnn_jax.rnn.recurrence`, shared with :func:`urnn_jax.simulate`),
+   run in the input's own layout: batch-major inputs are read and the states
+   written step by step in place, with no (T, B, n) transposes.
 
 Other cells (flax's ``LSTMCell``, ``GRUCell``, ...) are scanned with
 ``flax.linen.scan`` exactly as ``flax.linen.RNN`` does, so every baseline
@@ -91,8 +93,7 @@ class Recurrent(nn.Module):
       raise TypeError(
           f"Recurrent: custom_gradient must be a bool, got {self.custom_gradient!r}."
       )
-    xt = x if self.time_major else jnp.moveaxis(x, -2, 0)  # (T, *batch, m)
-    batch_shape = xt.shape[1:-1]
+    batch_shape = x.shape[1:-1] if self.time_major else x.shape[:-2]
     if seq_lengths is not None:
       seq_lengths = jnp.asarray(seq_lengths)
       if seq_lengths.shape != batch_shape:
@@ -105,7 +106,7 @@ class Recurrent(nn.Module):
             f"Recurrent: seq_lengths must be integers, got dtype {seq_lengths.dtype}."
         )
 
-    carry_shape = batch_shape + xt.shape[-1:]
+    carry_shape = batch_shape + x.shape[-1:]
     if initial_carry is None:
       initial_carry = self.cell.initialize_carry(
           self.make_rng("params") if self.is_initializing() else jax.random.key(0),
@@ -121,10 +122,11 @@ class Recurrent(nn.Module):
     # The carry takes the promoted dtype of inputs and carry (float64 inputs
     # through float32 cells give float64 states, as the cell's output does).
     initial_carry = jax.tree.map(
-        lambda c: jnp.asarray(c, jnp.result_type(c, xt.dtype)), initial_carry
+        lambda c: jnp.asarray(c, jnp.result_type(c, x.dtype)), initial_carry
     )
     if _is_hoistable(self.cell):
-      z = self.cell.project_inputs(xt)  # (T, *batch, n): one matmul for all steps
+      # In the input's own layout: a batch-major x needs no transposes.
+      z = self.cell.project_inputs(x, custom_gradient=self.custom_gradient)  # one matmul, all steps
       kernel = self.cell.transition_kernel()  # built once per call
       carry, ys = recurrence(
           kernel,
@@ -134,12 +136,13 @@ class Recurrent(nn.Module):
           lengths=seq_lengths,
           unroll=self.unroll,
           custom_gradient=self.custom_gradient,
+          batch_major=not self.time_major,
       )
     else:
+      xt = x if self.time_major else jnp.moveaxis(x, -2, 0)  # (T, *batch, m)
       carry, ys = self._generic_scan(xt, initial_carry, seq_lengths)
-
-    if not self.time_major:
-      ys = jnp.moveaxis(ys, 0, -2)
+      if not self.time_major:
+        ys = jnp.moveaxis(ys, 0, -2)
     return (carry, ys) if self.return_carry else ys
 
   def _generic_scan(self, xt, carry, seq_lengths):

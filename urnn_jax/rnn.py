@@ -13,6 +13,7 @@ step before it is called, so only ``h @ K`` runs inside ``lax.scan``.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, NamedTuple, Union
 
 import jax
@@ -197,18 +198,83 @@ def _step_matmul(h, kernel):
   return h @ kernel
 
 
+def row_gram(a: Array, b: Array) -> Array:
+  """``a^T b`` for row-stacked ``(N, p)`` and ``(N, q)``: the sum over rows of a_r^T b_r.
+
+  The gradients of the hoisted matmuls (dK = sum_k h(k-1)^T da(k), dF^T =
+  sum_k x(k)^T dz(k)) are such contractions over N = T * batch rows. Written
+  as one 2-D matmul of the flattened arrays: XLA:CPU ran the equivalent
+  ``jnp.tensordot`` of the 3-D (T, B, n) arrays through a transposed copy
+  of each operand. No conjugation (as ``jnp.tensordot``).
+  """
+  if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+    raise ValueError(f"row_gram: expected (N, p) and (N, q) arrays, got shapes {a.shape}, {b.shape}.")
+  return a.T @ b
+
+
+@jax.custom_vjp
+def project_rows(x: Array, kernel: Array) -> Array:
+  """``x @ kernel`` for ``x`` ``(..., m)``, ``kernel`` ``(m, n)``; its kernel gradient uses :func:`row_gram`.
+
+  The hoisted input projection of :class:`urnn_jax.Recurrent`. Reverse mode
+  only (a custom VJP); use ``x @ kernel`` where forward mode is needed.
+  """
+  return x @ kernel
+
+
+def _project_rows_fwd(x, kernel):
+  return x @ kernel, (x, kernel)
+
+
+def _project_rows_bwd(residuals, g):
+  x, kernel = residuals
+  dx = g @ kernel.T
+  dkernel = row_gram(x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+project_rows.defvjp(_project_rows_fwd, _project_rows_bwd)
+
+
+def _forward_step(phi, kernel, h, z_k, v_k):
+  """One step: ``(new carry, output, pre-activation)``; ``v_k`` None or the step's mask."""
+  a = _step_matmul(h, kernel) + z_k
+  h_new = phi(a)
+  if v_k is None:
+    return h_new, h_new, a
+  return jnp.where(v_k, h_new, h), jnp.where(v_k, h_new, jnp.zeros_like(h_new)), a
+
+
+def _backward_step(phi, dphi, kernel_t, delta, g_k, h_k, a_k, v_k):
+  """One reverse step: ``(delta(k-1), da(k))`` from delta(k) and the step's cotangent."""
+  ct = delta + g_k
+  if dphi is not None:
+    d_k = dphi(h_k)
+    da = ct if d_k is None else d_k * ct
+  else:
+    # Any elementwise callable, real or complex: its own VJP at a(k).
+    da = jax.vjp(phi, a_k)[1](ct)[0]
+  if v_k is None:
+    return _step_matmul(da, kernel_t), da
+  da = jnp.where(v_k, da, jnp.zeros_like(da))
+  return jnp.where(v_k, _step_matmul(da, kernel_t), delta), da
+
+
+def _forward_with_residuals(loop, phi, unroll, kernel, z, h0, mask):
+  """The custom VJPs' forward pass: states, plus pre-activations when phi' needs them."""
+  if _derivative_from_output(phi) is not None:
+    h_last, hs = loop(phi, unroll, kernel, z, h0, mask)
+    pre = None
+  else:
+    h_last, (hs, pre) = loop(phi, unroll, kernel, z, h0, mask, save_preactivations=True)
+  return (h_last, hs), (kernel, h0, hs, pre, mask)
+
+
 def _forward_loop(phi, unroll, kernel, z, h0, valid, save_preactivations=False):
   """The forward loop over axis 0; ``valid`` is None or bool ``(T, *batch, 1)``."""
 
   def step(h, inputs):
-    z_k, v_k = inputs
-    a = _step_matmul(h, kernel) + z_k
-    h_new = phi(a)
-    if v_k is None:
-      h, out = h_new, h_new
-    else:
-      h = jnp.where(v_k, h_new, h)
-      out = jnp.where(v_k, h_new, jnp.zeros_like(h_new))
+    h, out, a = _forward_step(phi, kernel, h, *inputs)
     return h, ((out, a) if save_preactivations else out)
 
   return lax.scan(step, h0, (z, valid), unroll=unroll)
@@ -219,15 +285,7 @@ def _recurrence(phi, unroll, kernel, z, h0, valid):
   return _forward_loop(phi, unroll, kernel, z, h0, valid)
 
 
-def _recurrence_fwd(phi, unroll, kernel, z, h0, valid):
-  if _derivative_from_output(phi) is not None:
-    h_last, hs = _forward_loop(phi, unroll, kernel, z, h0, valid)
-    pre = None
-  else:
-    h_last, (hs, pre) = _forward_loop(
-        phi, unroll, kernel, z, h0, valid, save_preactivations=True
-    )
-  return (h_last, hs), (kernel, h0, hs, pre, valid)
+_recurrence_fwd = functools.partial(_forward_with_residuals, _forward_loop)
 
 
 def _recurrence_bwd(phi, unroll, residuals, cotangents):
@@ -237,34 +295,89 @@ def _recurrence_bwd(phi, unroll, residuals, cotangents):
   kernel_t = kernel.T
 
   def step(delta, inputs):
-    g_k, h_k, a_k, v_k = inputs
-    ct = delta + g_k
-    if dphi is not None:
-      d_k = dphi(h_k)
-      da = ct if d_k is None else d_k * ct
-    else:
-      # Any elementwise callable, real or complex: its own VJP at a(k).
-      da = jax.vjp(phi, a_k)[1](ct)[0]
-    if v_k is None:
-      return _step_matmul(da, kernel_t), da
-    da = jnp.where(v_k, da, jnp.zeros_like(da))
-    return jnp.where(v_k, _step_matmul(da, kernel_t), delta), da
+    return _backward_step(phi, dphi, kernel_t, delta, *inputs)
 
   xs = (g, hs if dphi is not None else None, pre, valid)
   dh0, dz = lax.scan(step, g_last, xs, reverse=True, unroll=unroll)
   # dK = sum_k h(k-1)^T da(k): one contraction over time and batch. With
   # lengths, a valid step's predecessor is valid too (the mask is a prefix),
   # so h(k-1) = hs[k-1]; invalid steps have da(k) = 0.
-  axes = tuple(range(hs.ndim - 1))
+  n = kernel.shape[-1]
   if hs.shape[0] == 0:
     dkernel = jnp.zeros_like(kernel)
   else:
-    dkernel = jnp.tensordot(hs[:-1], dz[1:], axes=(axes, axes))
-    dkernel = dkernel + jnp.tensordot(h0, dz[0], axes=(axes[:-1], axes[:-1]))
-  return dkernel, dz, dh0, None
+    dkernel = row_gram(hs[:-1].reshape(-1, n), dz[1:].reshape(-1, n))
+    dkernel = dkernel + row_gram(h0.reshape(-1, n), dz[0].reshape(-1, n))
+  return dkernel.astype(kernel.dtype), dz, dh0, None
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+# ---------------------------------------------------------------------------
+# Batch-major loops: z, hs and dz are (B, T, n) and step k reads/writes the
+# slab [:, k] of a loop-carried buffer in place, so a batch-major layer needs
+# no (T, B, n) transposes of its inputs, states or cotangents. Same maths and
+# the same custom VJP as the time-major loops above; ``lengths`` is (B,) or None.
+# ---------------------------------------------------------------------------
+
+
+def _bm_forward_loop(phi, unroll, kernel, z, h0, lengths, save_preactivations=False):
+  steps = z.shape[1]
+
+  def body(k, c):
+    h, hs, pre = c
+    z_k = lax.dynamic_index_in_dim(z, k, axis=1, keepdims=False)
+    v_k = None if lengths is None else (k < lengths)[:, None]
+    h, out, a = _forward_step(phi, kernel, h, z_k, v_k)
+    hs = lax.dynamic_update_index_in_dim(hs, out.astype(hs.dtype), k, axis=1)
+    if save_preactivations:
+      pre = lax.dynamic_update_index_in_dim(pre, a, k, axis=1)
+    return h, hs, pre
+
+  hs = jnp.zeros(z.shape, h0.dtype)
+  pre = jnp.zeros(z.shape, z.dtype) if save_preactivations else None
+  h, hs, pre = lax.fori_loop(0, steps, body, (h0, hs, pre), unroll=unroll)
+  return (h, (hs, pre)) if save_preactivations else (h, hs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _bm_recurrence(phi, unroll, kernel, z, h0, lengths):
+  return _bm_forward_loop(phi, unroll, kernel, z, h0, lengths)
+
+
+_bm_recurrence_fwd = functools.partial(_forward_with_residuals, _bm_forward_loop)
+
+
+def _bm_recurrence_bwd(phi, unroll, residuals, cotangents):
+  kernel, h0, hs, pre, lengths = residuals
+  g_last, g = cotangents
+  dphi = _derivative_from_output(phi)
+  kernel_t = kernel.T
+  steps = hs.shape[1]
+
+  def body(i, c):
+    delta, dz = c
+    k = steps - 1 - i
+    at_k = lambda a: None if a is None else lax.dynamic_index_in_dim(a, k, axis=1, keepdims=False)
+    v_k = None if lengths is None else (k < lengths)[:, None]
+    delta, da = _backward_step(phi, dphi, kernel_t, delta, at_k(g),
+                               at_k(hs) if dphi is not None else None, at_k(pre), v_k)
+    return delta, lax.dynamic_update_index_in_dim(dz, da.astype(dz.dtype), k, axis=1)
+
+  dh0, dz = lax.fori_loop(0, steps, body, (g_last, jnp.zeros(g.shape, jnp.result_type(g, hs))),
+                          unroll=unroll)
+  # dK = sum_k h(k-1)^T da(k), with h(-1) = h0: one contraction over all rows.
+  n = kernel.shape[-1]
+  if steps == 0:
+    dkernel = jnp.zeros_like(kernel)
+  else:
+    h_prev = jnp.concatenate([h0[:, None].astype(hs.dtype), hs[:, :-1]], axis=1)
+    dkernel = row_gram(h_prev.reshape(-1, n), dz.reshape(-1, n))
+  return dkernel.astype(kernel.dtype), dz, dh0, None
+
+
+_bm_recurrence.defvjp(_bm_recurrence_fwd, _bm_recurrence_bwd)
 
 
 def recurrence(
@@ -276,6 +389,7 @@ def recurrence(
     lengths: Array | None = None,
     unroll: int = 1,
     custom_gradient: bool = True,
+    batch_major: bool = False,
 ) -> tuple[Array, Array]:
   """Runs h(k) = phi(h(k-1) @ kernel + z(k)) over a time-major sequence.
 
@@ -304,10 +418,15 @@ def recurrence(
     unroll: ``lax.scan`` unroll factor (of the forward and backward loops).
     custom_gradient: ``False`` differentiates the plain ``lax.scan`` instead:
       slower, but forward mode works (and it is the tests' reference).
+    batch_major: ``z`` is ``(*batch, T, n)`` and so are the returned states:
+      the loop reads and writes the step-k slab of batch-major buffers, so no
+      time-major transposes are needed (what :class:`urnn_jax.Recurrent`
+      uses); ``lengths`` must then have the batch shape.
 
   Returns:
     ``(h_last, hs)``: the final state ``(*batch, n)`` (the state at step
-    ``length - 1`` when ``lengths`` is given) and all states ``(T, *batch, n)``.
+    ``length - 1`` when ``lengths`` is given) and all states ``(T, *batch, n)``
+    (``(*batch, T, n)`` with ``batch_major``).
   """
   phi = get_activation(activation)
   kernel, z, h0 = jnp.asarray(kernel), jnp.asarray(z), jnp.asarray(h0)
@@ -317,13 +436,16 @@ def recurrence(
         " for stacked kernels use jax.vmap."
     )
   if z.ndim < 2 or z.shape[-1] != kernel.shape[0]:
+    layout = "(*batch, T, n)" if batch_major else "(T, *batch, n)"
     raise ValueError(
-        f"recurrence: z must have shape (T, *batch, n) with n = {kernel.shape[0]} (the"
+        f"recurrence: z must have shape {layout} with n = {kernel.shape[0]} (the"
         f" kernel's size), got shape {z.shape}."
     )
   dtype = jnp.result_type(z, kernel, h0)
   kernel = kernel.astype(dtype)
   z = z.astype(dtype)
+  if batch_major:
+    return _batch_major_recurrence(phi, unroll, kernel, z, h0, lengths, custom_gradient, dtype)
   h0 = jnp.broadcast_to(h0, z.shape[1:]).astype(dtype)
 
   valid = None
@@ -337,6 +459,29 @@ def recurrence(
   if not custom_gradient:
     return _forward_loop(phi, unroll, kernel, z, h0, valid)
   return _recurrence(phi, unroll, kernel, z, h0, valid)
+
+
+def _batch_major_recurrence(phi, unroll, kernel, z, h0, lengths, custom_gradient, dtype):
+  """:func:`recurrence` with ``batch_major=True`` (batch axes flattened to one)."""
+  batch, (steps, n) = z.shape[:-2], z.shape[-2:]
+  flat = math.prod(batch)
+  h0 = jnp.broadcast_to(h0, batch + (n,)).astype(dtype).reshape(flat, n)
+  if lengths is not None:
+    lengths = jnp.asarray(lengths)
+    if lengths.shape != batch:
+      raise ValueError(
+          f"recurrence: with batch_major=True, lengths must have the batch shape {batch},"
+          f" got shape {lengths.shape}."
+      )
+    lengths = lengths.reshape(flat)
+  z = z.reshape(flat, steps, n)
+  if steps == 0:  # No step to run (the loop body could not even be traced).
+    return h0.reshape(batch + (n,)), z.reshape(batch + (0, n))
+  if custom_gradient:
+    h_last, hs = _bm_recurrence(phi, unroll, kernel, z, h0, lengths)
+  else:
+    h_last, hs = _bm_forward_loop(phi, unroll, kernel, z, h0, lengths)
+  return h_last.reshape(batch + (n,)), hs.reshape(batch + (steps, n))
 
 
 def simulate(

@@ -32,8 +32,54 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 PyTree = Any
+
+# The optimisers the binaries offer, by flag value.
+OPTIMIZERS: dict[str, Any] = {
+    "adam": optax.adam,
+    "rmsprop": optax.rmsprop,
+    "sgd": optax.sgd,
+}
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def make_optimizer(
+    optimizer: str = "adam",
+    learning_rate: float = 0.01,
+    *,
+    grad_clip: float = 0.0,
+    lr_schedule: str = "constant",
+    total_steps: int | None = None,
+) -> optax.GradientTransformation:
+  """The binaries' base optimiser: optional global-norm clipping, then ``optimizer``.
+
+  Args:
+    optimizer: a key of :data:`OPTIMIZERS`.
+    learning_rate: the (peak) learning rate, > 0.
+    grad_clip: clip the gradients' global norm to this value first; 0 = off.
+    lr_schedule: ``"constant"``, or ``"cosine"``: cosine decay from
+      ``learning_rate`` to 0 over ``total_steps`` (then 0). The schedule is
+      indexed by the optimiser's own step count (in its state), so a run
+      resumed from a checkpoint continues it exactly.
+    total_steps: the number of optimiser steps; needed by ``"cosine"``.
+  """
+  if optimizer not in OPTIMIZERS:
+    raise ValueError(f"optimizer={optimizer!r}; expected one of {sorted(OPTIMIZERS)}.")
+  if not learning_rate > 0:
+    raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}.")
+  if not grad_clip >= 0:
+    raise ValueError(f"grad_clip must be >= 0 (0: no clipping), got {grad_clip!r}.")
+  if lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"lr_schedule={lr_schedule!r}; expected one of {list(LR_SCHEDULES)}.")
+  lr: Any = learning_rate
+  if lr_schedule == "cosine":
+    if not isinstance(total_steps, int) or total_steps < 1:
+      raise ValueError(f"lr_schedule='cosine' needs total_steps >= 1, got {total_steps!r}.")
+    lr = optax.cosine_decay_schedule(learning_rate, total_steps)
+  tx = OPTIMIZERS[optimizer](lr)
+  return optax.chain(optax.clip_by_global_norm(grad_clip), tx) if grad_clip > 0 else tx
 
 
 class TrainState(NamedTuple):

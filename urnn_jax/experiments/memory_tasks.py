@@ -173,7 +173,7 @@ RNN_INITS: dict[str, Callable[[], Callable]] = {
 }
 
 # Shared with the system-identification experiment (same names, same transforms).
-OPTIMIZERS = system_id.OPTIMIZERS
+OPTIMIZERS = training.OPTIMIZERS
 
 
 class ModelSpec(NamedTuple):
@@ -237,11 +237,7 @@ def make_model(config: Config, model: str, task: memory.MemoryTask) -> nn.Module
 
 def make_optimizer(config: Config, model: str) -> optax.GradientTransformation:
   """Clip (optional), the optimiser, then the model's constraint on ``recurrent_kernel``."""
-  parts = []
-  if config.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(config.grad_clip))
-  parts.append(OPTIMIZERS[config.optimizer](config.learning_rate))
-  tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
+  tx = training.make_optimizer(config.optimizer, config.learning_rate, grad_clip=config.grad_clip)
   constraint = MODELS[model].constraint
   return tx if constraint is None else optim.constrained(tx, constraint())
 

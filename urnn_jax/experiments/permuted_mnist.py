@@ -179,11 +179,7 @@ MODELS: dict[str, ModelSpec] = {
     "lstm": ModelSpec(lambda c: nn.LSTMCell(c.hidden), None, "LSTM"),
 }
 
-OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
-    "rmsprop": optax.rmsprop,
-    "adam": optax.adam,
-    "sgd": optax.sgd,
-}
+OPTIMIZERS = training.OPTIMIZERS
 
 
 def make_model(config: Config) -> nn.Module:
@@ -193,11 +189,7 @@ def make_model(config: Config) -> nn.Module:
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
   """Clip (optional), the optimiser, then the model's constraint on ``recurrent_kernel``."""
-  parts = []
-  if config.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(config.grad_clip))
-  parts.append(OPTIMIZERS[config.optimizer](config.learning_rate))
-  tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
+  tx = training.make_optimizer(config.optimizer, config.learning_rate, grad_clip=config.grad_clip)
   constraint = MODELS[config.model].constraint
   return tx if constraint is None else optim.constrained(tx, constraint(config))
 
