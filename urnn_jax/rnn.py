@@ -535,12 +535,13 @@ def simulate(
         f"simulate expects a single RNNParams with W of shape (n, n); got W of"
         f" shape {params.W.shape}. Use jax.vmap over stacked params."
     )
-  # Hoisted input projection: one matmul for all steps.
-  z = x @ params.F.T + params.b  # (*batch, T, n)
-  z = jnp.moveaxis(z, -2, 0)  # (T, *batch, n)
+  # Hoisted input projection: one matmul for all steps (reverse mode: its
+  # kernel gradient is one 2-D matmul, see project_rows).
+  proj = project_rows(x, params.F.T) if custom_gradient else x @ params.F.T
+  z = proj + params.b  # (*batch, T, n)
   _, hs = recurrence(
-      params.W.T, z, params.h0, phi, unroll=unroll, custom_gradient=custom_gradient
-  )
-  hs = jnp.moveaxis(hs, 0, -2)  # (*batch, T, n)
+      params.W.T, z, params.h0, phi, unroll=unroll, custom_gradient=custom_gradient,
+      batch_major=True,
+  )  # (*batch, T, n)
   y = hs @ params.C.T
   return (y, hs) if return_states else y
