@@ -168,3 +168,25 @@ def test_training_binaries_import_together():
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("model", ["urnn_expm", "urnn_cayley"])
+def test_reproject_every_removes_drift(model):
+  """A retraction keeps W's singular values; reproject_every=1 puts W back on the group."""
+  import jax.numpy as jnp
+
+  from urnn_jax import initializers
+
+  w = 1.01 * initializers.haar()(jax.random.key(0), (8, 8), jnp.float32)  # off the group
+  params = {"rnn": {"cell": {"recurrent_kernel": w}}}
+  grads = {"rnn": {"cell": {"recurrent_kernel": jnp.full((8, 8), 0.1, jnp.float32)}}}
+  errors = {}
+  for every in (0, 1):
+    tx = mt.make_optimizer(mt.Config(models=(model,), reproject_every=every), model)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new_w = params["rnn"]["cell"]["recurrent_kernel"] + updates["rnn"]["cell"]["recurrent_kernel"]
+    errors[every] = float(orthogonal.orthogonality_error(new_w))
+  assert errors[0] > 0.05  # the drift stays: ||W^T W - I||_F = (1.01^2 - 1) sqrt(8) = 0.057
+  assert errors[1] < 1e-5
+  with pytest.raises(ValueError, match="reproject_every must be an int >= 0"):
+    mt.Config(reproject_every=-1).validate()

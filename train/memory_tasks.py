@@ -51,6 +51,9 @@ def define_flags() -> None:
   flags.DEFINE_enum("optimizer", _d.optimizer, sorted(mt.OPTIMIZERS), "Optimiser (all models).")
   flags.DEFINE_float("learning_rate", _d.learning_rate, "Learning rate.")
   flags.DEFINE_float("grad_clip", _d.grad_clip, "Clip gradients to this global norm (0: off).")
+  flags.DEFINE_integer("reproject_every", _d.reproject_every,
+                       "urnn_cayley/urnn_expm: also project W onto the orthogonal group every this"
+                       " many steps, removing float32 drift (0: never).")
   flags.DEFINE_integer("batch_size", _d.batch_size, "Training batch size.")
   flags.DEFINE_integer("steps", _d.steps, "Training steps per model.")
   flags.DEFINE_integer("eval_every", _d.eval_every, "Evaluate every this many steps.")
@@ -85,6 +88,7 @@ def configs_from_flags() -> list[mt.Config]:
           optimizer=FLAGS.optimizer,
           learning_rate=FLAGS.learning_rate,
           grad_clip=FLAGS.grad_clip,
+          reproject_every=FLAGS.reproject_every,
           batch_size=FLAGS.batch_size,
           steps=FLAGS.steps,
           eval_every=FLAGS.eval_every,

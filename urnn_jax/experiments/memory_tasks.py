@@ -98,6 +98,7 @@ class Config:
   optimizer: str = "adam"
   learning_rate: float = 1e-3
   grad_clip: float = 1.0
+  reproject_every: int = 0  # Retractions (urnn_cayley, urnn_expm): project W every k steps; 0 = never.
   batch_size: int = 64
   steps: int = 1000
   eval_every: int = 100
@@ -157,6 +158,8 @@ class Config:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
     if self.grad_clip < 0:
       raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}.")
+    if not isinstance(self.reproject_every, int) or self.reproject_every < 0:
+      raise ValueError(f"reproject_every must be an int >= 0 (0 = off), got {self.reproject_every!r}.")
     if self.eval_size % min(self.eval_batch, self.eval_size):
       raise ValueError(f"eval_size={self.eval_size} must be a multiple of eval_batch={self.eval_batch}.")
     memory.get_task(self.task, **self.task_options())  # Validates task options.
@@ -180,7 +183,7 @@ class ModelSpec(NamedTuple):
   """How to build a model: its cell, and the constraint after the optimiser."""
 
   cell: Callable[[Config], nn.RNNCellBase]
-  constraint: Callable[[], optax.GradientTransformation] | None
+  constraint: Callable[[Config], optax.GradientTransformation] | None
   eq1: bool  # an eq. (1) cell (RNNCell / OrthogonalRNNCell): gradient diagnostics apply
   description: str
 
@@ -194,19 +197,19 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "urnn": ModelSpec(
         lambda c: OrthogonalRNNCell(c.hidden, activation=c.activation),
-        functools.partial(system_id.make_constraint, "projection"),
+        lambda c: system_id.make_constraint("projection"),
         True,
         "uRNN, SVD projection after each step",
     ),
     "urnn_cayley": ModelSpec(
         lambda c: OrthogonalRNNCell(c.hidden, activation=c.activation),
-        functools.partial(system_id.make_constraint, "cayley"),
+        lambda c: system_id.make_constraint("cayley", reproject_every=c.reproject_every or None),
         True,
         "uRNN, Cayley retraction",
     ),
     "urnn_expm": ModelSpec(
         lambda c: OrthogonalRNNCell(c.hidden, activation=c.activation),
-        functools.partial(system_id.make_constraint, "expm"),
+        lambda c: system_id.make_constraint("expm", reproject_every=c.reproject_every or None),
         True,
         "uRNN, W <- exp(A) W (seed 002)",
     ),
@@ -239,7 +242,7 @@ def make_optimizer(config: Config, model: str) -> optax.GradientTransformation:
   """Clip (optional), the optimiser, then the model's constraint on ``recurrent_kernel``."""
   tx = training.make_optimizer(config.optimizer, config.learning_rate, grad_clip=config.grad_clip)
   constraint = MODELS[model].constraint
-  return tx if constraint is None else optim.constrained(tx, constraint())
+  return tx if constraint is None else optim.constrained(tx, constraint(config))
 
 
 def model_seed(model: str) -> int:

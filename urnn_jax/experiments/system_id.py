@@ -226,14 +226,19 @@ def make_model(name: str, hidden: int, output_size: int = 2, *, unroll: int = 1)
   return SequenceRegressor(cell, output_size, unroll=unroll)
 
 
-def make_constraint(name: str) -> optax.GradientTransformation:
-  """The URNN's orthogonality constraint, by ``--constraint`` name."""
+def make_constraint(name: str, *, reproject_every: int | None = None) -> optax.GradientTransformation:
+  """The URNN's orthogonality constraint, by ``--constraint`` name.
+
+  ``reproject_every``: for the retractions, also project W back onto the
+  group every that many steps (removes float32 drift); ignored by the
+  projection, which lands on the group every step.
+  """
   if name == "projection":
     return optim.orthogonal_projection(method="svd")
   if name == "cayley":
-    return optim.cayley_retraction()
+    return optim.cayley_retraction(reproject_every=reproject_every)
   if name == "expm":
-    return optim.expm_retraction()
+    return optim.expm_retraction(reproject_every=reproject_every)
   raise ValueError(f"make_constraint: constraint={name!r}; expected one of {list(CONSTRAINTS)}.")
 
 
