@@ -236,6 +236,23 @@ def _project_rows_bwd(residuals, g):
 project_rows.defvjp(_project_rows_fwd, _project_rows_bwd)
 
 
+def _kernel_gradient(kernel, h0, hs, dz, time_axis):
+  """dK = sum_k h(k-1)^T da(k), with h(-1) = h0: one contraction over all (time, batch) rows.
+
+  With lengths, a valid step's predecessor is valid too (the mask is a
+  prefix), so h(k-1) is the saved state; invalid steps have da(k) = 0.
+  """
+  steps, n = hs.shape[time_axis], kernel.shape[-1]
+  if steps == 0:
+    return jnp.zeros_like(kernel)
+  h_prev = jnp.concatenate(
+      [jnp.expand_dims(h0, time_axis).astype(hs.dtype),
+       lax.slice_in_dim(hs, 0, steps - 1, axis=time_axis)],
+      axis=time_axis,
+  )
+  return row_gram(h_prev.reshape(-1, n), dz.reshape(-1, n)).astype(kernel.dtype)
+
+
 def _forward_step(phi, kernel, h, z_k, v_k):
   """One step: ``(new carry, output, pre-activation)``; ``v_k`` None or the step's mask."""
   a = _step_matmul(h, kernel) + z_k
@@ -299,16 +316,7 @@ def _recurrence_bwd(phi, unroll, residuals, cotangents):
 
   xs = (g, hs if dphi is not None else None, pre, valid)
   dh0, dz = lax.scan(step, g_last, xs, reverse=True, unroll=unroll)
-  # dK = sum_k h(k-1)^T da(k): one contraction over time and batch. With
-  # lengths, a valid step's predecessor is valid too (the mask is a prefix),
-  # so h(k-1) = hs[k-1]; invalid steps have da(k) = 0.
-  n = kernel.shape[-1]
-  if hs.shape[0] == 0:
-    dkernel = jnp.zeros_like(kernel)
-  else:
-    dkernel = row_gram(hs[:-1].reshape(-1, n), dz[1:].reshape(-1, n))
-    dkernel = dkernel + row_gram(h0.reshape(-1, n), dz[0].reshape(-1, n))
-  return dkernel.astype(kernel.dtype), dz, dh0, None
+  return _kernel_gradient(kernel, h0, hs, dz, time_axis=0), dz, dh0, None
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -367,14 +375,7 @@ def _bm_recurrence_bwd(phi, unroll, residuals, cotangents):
 
   dh0, dz = lax.fori_loop(0, steps, body, (g_last, jnp.zeros(g.shape, jnp.result_type(g, hs))),
                           unroll=unroll)
-  # dK = sum_k h(k-1)^T da(k), with h(-1) = h0: one contraction over all rows.
-  n = kernel.shape[-1]
-  if steps == 0:
-    dkernel = jnp.zeros_like(kernel)
-  else:
-    h_prev = jnp.concatenate([h0[:, None].astype(hs.dtype), hs[:, :-1]], axis=1)
-    dkernel = row_gram(h_prev.reshape(-1, n), dz.reshape(-1, n))
-  return dkernel.astype(kernel.dtype), dz, dh0, None
+  return _kernel_gradient(kernel, h0, hs, dz, time_axis=1), dz, dh0, None
 
 
 _bm_recurrence.defvjp(_bm_recurrence_fwd, _bm_recurrence_bwd)

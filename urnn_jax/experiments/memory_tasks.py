@@ -175,7 +175,7 @@ RNN_INITS: dict[str, Callable[[], Callable]] = {
     "henaff": inits.henaff,
 }
 
-# Shared with the system-identification experiment (same names, same transforms).
+# The binaries' shared optimiser table (urnn_jax.training).
 OPTIMIZERS = training.OPTIMIZERS
 
 
