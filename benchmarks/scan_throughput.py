@@ -18,6 +18,21 @@ model on the same shapes and dtype, in one process:
 ``torch_lstm``       ``torch.nn.LSTM(batch_first=True)``.
 ===================  =========================================================
 
+and three forward-only rows that break the layer's time down, to explain
+where a target is missed:
+
+===================  =========================================================
+``recurrence_bm``    ``recurrence`` on batch-major z (B, T, n), the layout
+                     ``Recurrent`` runs in (strided per-step slabs).
+``projection``       the layer's hoisted input projection alone: x F^T + b
+                     over all steps as one (B*T, m) x (m, n) matmul.
+``matmul_chain``     T dependent (B, n) x (n, n) matmuls in a ``fori_loop``
+                     (h <- h K): the recurrence without inputs or
+                     activation, i.e. the rate XLA reaches at the per-step
+                     matmul's own shape, the ceiling for any sequential
+                     recurrence.
+===================  =========================================================
+
 (the torch rows only when torch is installed). At each grid point all
 models are compiled first (compile time reported apart), warmed up, then
 timed round-robin, so that a noisy machine slows all of them alike (the JAX
@@ -58,6 +73,9 @@ from benchmarks import common
 
 MODELS = (
     "recurrence",
+    "recurrence_bm",
+    "projection",
+    "matmul_chain",
     "urnn_rnn",
     "urnn_orth",
     "urnn_orth_expm",
@@ -68,6 +86,7 @@ MODELS = (
     "torch_lstm",
 )
 MODES = ("fwd", "fwdbwd")
+FWD_ONLY_MODELS = ("recurrence_bm", "projection", "matmul_chain")
 LSTM_MODELS = ("urnn_lstm", "flax_lstm", "torch_lstm")
 
 FULL_GRID = dict(hidden=(16, 64, 256, 1024), batch=(1, 32, 256), seq_len=(100, 1000))
@@ -76,7 +95,8 @@ FULL_GRID = dict(hidden=(16, 64, 256, 1024), batch=(1, 32, 256), seq_len=(100, 1
 # matmul-peak target (forward only, fewer models).
 QUICK_POINTS = ((64, 32, 1000), (256, 32, 1000), (256, 256, 1000))
 QUICK_NO_LSTM_MODELS = tuple(m for m in MODELS if m not in LSTM_MODELS)
-QUICK_PEAK_POINT_MODELS = ("recurrence", "urnn_rnn", "flax_simple", "torch_rnn")
+QUICK_PEAK_POINT_MODELS = ("recurrence", "recurrence_bm", "projection", "matmul_chain",
+                           "urnn_rnn", "flax_simple", "torch_rnn")
 QUICK_PEAK_POINT_MODES = ("fwd",)
 SMOKE_POINTS = ((8, 2, 10),)
 
@@ -157,19 +177,41 @@ def _jax_module(name: str, hidden: int, unroll: int):
 def _jax_programs(name: str, hidden: int, batch: int, seq_len: int, m: int, unroll: int):
   """``{mode: (fn, args)}`` with ``fn`` jittable, for a JAX model."""
   x = jax.random.normal(jax.random.key(0), (batch, seq_len, m), jnp.float32)
-  if name == "recurrence":
+  if name in ("recurrence", "recurrence_bm"):
+    batch_major = name == "recurrence_bm"
     k = jax.random.split(jax.random.key(1), 2)
     kernel = urnn_jax.initializers.haar()(k[0], (hidden, hidden), jnp.float32)
-    z = jax.random.normal(k[1], (seq_len, batch, hidden), jnp.float32)
+    shape = (batch, seq_len, hidden) if batch_major else (seq_len, batch, hidden)
+    z = jax.random.normal(k[1], shape, jnp.float32)
     h0 = jnp.zeros((hidden,), jnp.float32)
 
     def fwd(kernel, z):
-      return urnn_jax.recurrence(kernel, z, h0, "relu", unroll=unroll)[1]
+      return urnn_jax.recurrence(kernel, z, h0, "relu", unroll=unroll, batch_major=batch_major)[1]
+
+    if batch_major:  # a forward-only breakdown row
+      return {"fwd": (fwd, (kernel, z))}
 
     def loss(kernel, z):
       return jnp.sum(jnp.square(fwd(kernel, z)))
 
     return {"fwd": (fwd, (kernel, z)), "fwdbwd": (jax.grad(loss, argnums=(0, 1)), (kernel, z))}
+  if name == "projection":
+    k = jax.random.split(jax.random.key(1), 2)
+    kernel = jax.random.normal(k[0], (m, hidden), jnp.float32) / np.sqrt(m)
+    bias = jax.random.normal(k[1], (hidden,), jnp.float32)
+
+    def project(kernel, bias, x):
+      return urnn_jax.rnn.project_rows(x, kernel) + bias
+
+    return {"fwd": (project, (kernel, bias, x))}
+  if name == "matmul_chain":
+    kernel = urnn_jax.initializers.haar()(jax.random.key(1), (hidden, hidden), jnp.float32)
+    h0 = jax.random.normal(jax.random.key(2), (batch, hidden), jnp.float32)
+
+    def chain(kernel, h0):
+      return jax.lax.fori_loop(0, seq_len, lambda _, h: h @ kernel, h0, unroll=unroll)
+
+    return {"fwd": (chain, (kernel, h0))}
 
   module = _jax_module(name, hidden, unroll)
   variables = module.init(jax.random.key(1), x)
@@ -210,13 +252,16 @@ def _torch_programs(name: str, hidden: int, batch: int, seq_len: int, m: int):
   return {"fwd": fwd, "fwdbwd": fwdbwd}
 
 
-def recurrent_flops(model: str, mode: str, hidden: int, batch: int, seq_len: int) -> float:
+def recurrent_flops(model: str, mode: str, hidden: int, batch: int, seq_len: int,
+                    input_size: int | None = None) -> float:
   """FLOPs of the recurrent matmuls (h @ W) alone: 2 B n^2 per step and matmul.
 
   Forward has one such matmul per step, forward+backward three (the forward
   one, delta @ W^T and the dW accumulation); LSTMs have four gates.
   """
   per = 2.0 * batch * hidden * hidden * seq_len
+  if model == "projection":  # the input projection's matmul: 2 B m n per step
+    return per * (input_size or hidden) / hidden
   per *= 1 if mode == "fwd" else 3
   return per * (4 if model in LSTM_MODELS else 1)
 
@@ -245,6 +290,8 @@ def run_point(settings: Settings, point, peak_gflops: float, log=logging.info) -
       continue
     progs = _jax_programs(name, hidden, batch, seq_len, m, settings.unroll)
     for mode in modes:
+      if mode not in progs:  # the forward-only breakdown rows
+        continue
       fn, args = progs[mode]
       compiled, secs = common.compile_jax(fn, *args)
       calls[(name, mode)] = functools.partial(compiled, *args)
@@ -279,7 +326,7 @@ def run_point(settings: Settings, point, peak_gflops: float, log=logging.info) -
   rows = []
   for (name, mode), ts in times.items():
     med = common.median(ts)
-    flops = recurrent_flops(name, mode, hidden, batch, seq_len)
+    flops = recurrent_flops(name, mode, hidden, batch, seq_len, m)
     gflops = flops / med / 1e9
     rows.append({
         "model": name,

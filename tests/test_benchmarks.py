@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import common
@@ -28,7 +29,8 @@ def _run_binary(module, *args):
 
 
 def test_scan_throughput_binary(tmp_path):
-  models = "recurrence,urnn_rnn,urnn_orth_expm,urnn_lstm,flax_simple,torch_rnn"
+  models = ("recurrence,recurrence_bm,projection,matmul_chain,urnn_rnn,urnn_orth_expm,urnn_lstm,"
+            "flax_simple,torch_rnn")
   proc = _run_binary("benchmarks.scan_throughput", "--smoke", f"--models={models}",
                      f"--out_dir={tmp_path}")
   payload = json.loads((tmp_path / "scan_throughput.json").read_text())
@@ -46,6 +48,8 @@ def test_scan_throughput_binary(tmp_path):
     assert r["us_per_step"] > 0 and r["steps_per_s"] > 0
     assert (r["compile_s"] is None) == r["model"].startswith("torch")
     assert r["frac_of_peak"] > 0
+  for name in scan_throughput.FWD_ONLY_MODELS:  # the breakdown rows are forward only
+    assert {r["mode"] for r in timed if r["model"] == name} == {"fwd"}
   assert len(payload["targets"]) == 4
   assert "# Scan throughput" in md and "| urnn_rnn |" in md and "## Targets" in md
   assert "target:" in proc.stdout
@@ -71,6 +75,27 @@ def test_sweep_scaling_minimal_step_in_process(tmp_path):
   assert [r["realizations"] for r in payload["rows"]] == [1, 2]
   assert "minimal" in payload["step_description"]
   json.loads((tmp_path / "sweep_scaling.json").read_text())
+
+
+def test_scan_throughput_breakdown_programs_compute_what_they_name():
+  """The breakdown rows time the computation their names claim (checked by numpy)."""
+  n, b, t, m = 4, 3, 5, 2
+  fn, (kernel, z) = scan_throughput._jax_programs("recurrence_bm", n, b, t, m, 1)["fwd"]
+  k64, z64 = np.asarray(kernel, np.float64), np.asarray(z, np.float64)
+  h, want = np.zeros((b, n)), []
+  for k in range(t):
+    h = np.maximum(h @ k64 + z64[:, k], 0.0)
+    want.append(h)
+  np.testing.assert_allclose(fn(kernel, z), np.stack(want, 1), rtol=1e-5, atol=1e-5)
+
+  fn, (kernel, bias, x) = scan_throughput._jax_programs("projection", n, b, t, m, 1)["fwd"]
+  np.testing.assert_allclose(fn(kernel, bias, x), np.asarray(x) @ np.asarray(kernel) + np.asarray(bias),
+                             rtol=1e-5, atol=1e-5)
+
+  fn, (kernel, h0) = scan_throughput._jax_programs("matmul_chain", n, b, t, m, 1)["fwd"]
+  want = np.asarray(h0, np.float64) @ np.linalg.matrix_power(np.asarray(kernel, np.float64), t)
+  np.testing.assert_allclose(fn(kernel, h0), want, rtol=1e-4, atol=1e-5)
+  assert scan_throughput.recurrent_flops("projection", "fwd", n, b, t, m) == 2.0 * b * t * m * n
 
 
 def test_scan_throughput_target_logic():

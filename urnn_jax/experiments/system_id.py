@@ -548,8 +548,11 @@ def train_configuration(
       if progress is not None:
         hist = np.asarray(carry.loss_history)
         e_done = step // spe
-        loss = float(np.mean(hist[e_done - 1][alive > 0])) if e_done else float("nan")
-        progress.update(k, postfix=f"{name} epoch {e_done}/{config.epochs} loss {loss:.4f}")
+        # The median: one realization with a huge (finite) loss must not hide the rest.
+        loss = float(np.median(hist[e_done - 1][alive > 0])) if e_done else float("nan")
+        progress.update(
+            k, postfix=f"{name} epoch {e_done}/{config.epochs} median loss {loss:.4g}"
+        )
       if stop:
         return None
   train_s = time.perf_counter() - t_start
