@@ -257,7 +257,8 @@ def recurrent_flops(model: str, mode: str, hidden: int, batch: int, seq_len: int
   """FLOPs of the recurrent matmuls (h @ W) alone: 2 B n^2 per step and matmul.
 
   Forward has one such matmul per step, forward+backward three (the forward
-  one, delta @ W^T and the dW accumulation); LSTMs have four gates.
+  one, delta @ W^T and the dW accumulation); LSTMs have four gates. The
+  ``projection`` row counts its own matmul instead: 2 B m n per step.
   """
   per = 2.0 * batch * hidden * hidden * seq_len
   if model == "projection":  # the input projection's matmul: 2 B m n per step
