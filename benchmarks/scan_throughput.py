@@ -22,10 +22,12 @@ and three forward-only rows that break the layer's time down, to explain
 where a target is missed:
 
 ===================  =========================================================
-``recurrence_bm``    ``recurrence`` on batch-major z (B, T, n), the layout
-                     ``Recurrent`` runs in (strided per-step slabs).
-``projection``       the layer's hoisted input projection alone: x F^T + b
-                     over all steps as one (B*T, m) x (m, n) matmul.
+``recurrence_bm``    ``recurrence`` on batch-major z (B, T, n) with the bias
+                     added per step: the loop ``Recurrent`` runs (strided
+                     per-step slabs).
+``projection``       the layer's hoisted input projection alone: x F^T over
+                     all steps as one (B*T, m) x (m, n) matmul, through
+                     ``RNNCell.project_inputs`` as the layer calls it.
 ``matmul_chain``     T dependent (B, n) x (n, n) matmuls in a ``fori_loop``
                      (h <- h K): the recurrence without inputs or
                      activation, i.e. the rate XLA reaches at the per-step
@@ -188,22 +190,28 @@ def _jax_programs(name: str, hidden: int, batch: int, seq_len: int, m: int, unro
     def fwd(kernel, z):
       return urnn_jax.recurrence(kernel, z, h0, "relu", unroll=unroll, batch_major=batch_major)[1]
 
-    if batch_major:  # a forward-only breakdown row
-      return {"fwd": (fwd, (kernel, z))}
+    if batch_major:  # a forward-only breakdown row: the layer's loop, bias included
+      bias = jax.random.normal(jax.random.key(2), (hidden,), jnp.float32)
+
+      def fwd_bm(kernel, bias, z):
+        return urnn_jax.recurrence(kernel, z, h0, "relu", bias=bias, unroll=unroll,
+                                   batch_major=True)[1]
+
+      return {"fwd": (fwd_bm, (kernel, bias, z))}
 
     def loss(kernel, z):
       return jnp.sum(jnp.square(fwd(kernel, z)))
 
     return {"fwd": (fwd, (kernel, z)), "fwdbwd": (jax.grad(loss, argnums=(0, 1)), (kernel, z))}
   if name == "projection":
-    k = jax.random.split(jax.random.key(1), 2)
-    kernel = jax.random.normal(k[0], (m, hidden), jnp.float32) / np.sqrt(m)
-    bias = jax.random.normal(k[1], (hidden,), jnp.float32)
+    cell = urnn_jax.RNNCell(hidden)
+    params = cell.init(jax.random.key(1), jnp.zeros((batch, hidden)), x[:, 0])["params"]
 
-    def project(kernel, bias, x):
-      return urnn_jax.rnn.project_rows(x, kernel) + bias
+    def project(params, x):
+      return cell.apply({"params": params}, x, custom_gradient=True, separate_bias=True,
+                        method="project_inputs")[0]
 
-    return {"fwd": (project, (kernel, bias, x))}
+    return {"fwd": (project, (params, x))}
   if name == "matmul_chain":
     kernel = urnn_jax.initializers.haar()(jax.random.key(1), (hidden, hidden), jnp.float32)
     h0 = jax.random.normal(jax.random.key(2), (batch, hidden), jnp.float32)

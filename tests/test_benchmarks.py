@@ -80,16 +80,16 @@ def test_sweep_scaling_minimal_step_in_process(tmp_path):
 def test_scan_throughput_breakdown_programs_compute_what_they_name():
   """The breakdown rows time the computation their names claim (checked by numpy)."""
   n, b, t, m = 4, 3, 5, 2
-  fn, (kernel, z) = scan_throughput._jax_programs("recurrence_bm", n, b, t, m, 1)["fwd"]
-  k64, z64 = np.asarray(kernel, np.float64), np.asarray(z, np.float64)
+  fn, (kernel, bias, z) = scan_throughput._jax_programs("recurrence_bm", n, b, t, m, 1)["fwd"]
+  k64, z64, b64 = (np.asarray(a, np.float64) for a in (kernel, z, bias))
   h, want = np.zeros((b, n)), []
   for k in range(t):
-    h = np.maximum(h @ k64 + z64[:, k], 0.0)
+    h = np.maximum(h @ k64 + z64[:, k] + b64, 0.0)
     want.append(h)
-  np.testing.assert_allclose(fn(kernel, z), np.stack(want, 1), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fn(kernel, bias, z), np.stack(want, 1), rtol=1e-5, atol=1e-5)
 
-  fn, (kernel, bias, x) = scan_throughput._jax_programs("projection", n, b, t, m, 1)["fwd"]
-  np.testing.assert_allclose(fn(kernel, bias, x), np.asarray(x) @ np.asarray(kernel) + np.asarray(bias),
+  fn, (params, x) = scan_throughput._jax_programs("projection", n, b, t, m, 1)["fwd"]
+  np.testing.assert_allclose(fn(params, x), np.asarray(x) @ np.asarray(params["input"]["kernel"]),
                              rtol=1e-5, atol=1e-5)
 
   fn, (kernel, h0) = scan_throughput._jax_programs("matmul_chain", n, b, t, m, 1)["fwd"]

@@ -36,6 +36,21 @@ def test_one_step_is_eq_1(x64):
   np.testing.assert_allclose(cell.apply(v, h, x)[0][0], expected, atol=1e-12)
 
 
+def test_project_inputs_with_and_without_separate_bias(x64):
+  cell = urnn_jax.RNNCell(3, bias_init=nn.initializers.normal(1.0), param_dtype=jnp.float64)
+  x = jax.random.normal(jax.random.key(1), (2, 5, 4), jnp.float64)
+  v = cell.init(jax.random.key(0), jnp.zeros((2, 3)), x[:, 0])
+  F, b = np.asarray(v["params"]["input"]["kernel"]), np.asarray(v["params"]["input"]["bias"])
+  assert np.all(b != 0)
+  for custom in (False, True):
+    full = cell.apply(v, x, custom_gradient=custom, method="project_inputs")
+    proj, bias = cell.apply(v, x, custom_gradient=custom, separate_bias=True,
+                            method="project_inputs")
+    np.testing.assert_allclose(full, np.asarray(x) @ F + b, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(proj, np.asarray(x) @ F, rtol=0, atol=1e-13)
+    np.testing.assert_array_equal(bias, b)
+
+
 def test_orthogonal_cell_is_initialised_orthogonal():
   cell = urnn_jax.OrthogonalRNNCell(32)
   v = urnn_jax.Recurrent(cell).init(jax.random.key(0), jnp.ones((1, 3, 2)))

@@ -330,3 +330,43 @@ def test_shape_errors():
     recurrence(jnp.ones((2, 3, 3)), jnp.ones((4, 3)), jnp.zeros(3))
   with pytest.raises(ValueError, match="n = 3"):
     recurrence(jnp.eye(3), jnp.ones((4, 2)), jnp.zeros(3))
+
+
+@pytest.mark.parametrize("batch_major", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "soft"])  # phi' from h / from a
+def test_bias_in_the_loop_is_a_bias_added_to_z(x64, activation, masked, batch_major):
+  """``bias=b`` gives the values and gradients of ``z + b`` (plain autodiff reference)."""
+  act = CALLABLES.get(activation, activation)
+  T, batch_shape, n = 7, (2, 3), 4
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(30), T, batch_shape, n)
+  b = jax.random.normal(jax.random.key(31), (n,), jnp.float64)
+  lengths = jnp.asarray([[7, 3, 0], [1, 9, 5]]) if masked else None
+  to_layout = (lambda a: jnp.moveaxis(a, 0, -2)) if batch_major else (lambda a: a)
+
+  def loss(custom, with_bias):
+    def f(kernel, z, b, h0):
+      zz, kw = (z, {"bias": b}) if with_bias else (z + b, {})
+      h_last, hs = recurrence(kernel, to_layout(zz), h0, act, lengths=lengths,
+                              custom_gradient=custom, batch_major=batch_major, **kw)
+      hs = jnp.moveaxis(hs, -2, 0) if batch_major else hs  # back to (T, *batch, n)
+      return jnp.sum(g_hs * hs) + jnp.sum(g_last * h_last)
+    return f
+
+  want = jax.grad(loss(False, False), argnums=(0, 1, 2, 3))(kernel, z, b, h0)
+  for custom in (True, False):
+    got = jax.grad(loss(custom, True), argnums=(0, 1, 2, 3))(kernel, z, b, h0)
+    assert_trees_close(got, want)
+    out = recurrence(kernel, to_layout(z), h0, act, bias=b, lengths=lengths,
+                     custom_gradient=custom, batch_major=batch_major)
+    ref = recurrence(kernel, to_layout(z + b), h0, act, lengths=lengths,
+                     custom_gradient=False, batch_major=batch_major)
+    assert_trees_close(out, ref, rtol=1e-14)
+
+
+def test_bias_shape_and_dtype(x64):
+  with pytest.raises(ValueError, match=r"bias must have shape \(3,\).*\(1, 3\)"):
+    recurrence(jnp.eye(3), jnp.ones((4, 3)), jnp.zeros(3), bias=jnp.ones((1, 3)))
+  _, hs = recurrence(jnp.eye(3, dtype=jnp.float32), jnp.ones((4, 3), jnp.float32),
+                     jnp.zeros(3, jnp.float32), bias=np.ones(3, np.float64))
+  assert hs.dtype == jnp.float64  # the bias takes part in the dtype promotion

@@ -4,7 +4,8 @@ The cells follow :class:`flax.linen.RNNCellBase`, so ``flax.linen.RNN(cell)``
 works unchanged. They also expose the three pieces that
 :class:`urnn_jax.Recurrent` hoists out of ``lax.scan``:
 
-* ``project_inputs(x)``: x F^T + b for every step at once (one matmul);
+* ``project_inputs(x)``: x F^T + b for every step at once (one matmul;
+  ``separate_bias=True`` returns ``(x F^T, b)``, and the loop adds b per step);
 * ``transition_kernel()``: the recurrent kernel K = W^T, built once per call
   (for a parametrised cell this is where map(A) is evaluated);
 * ``activation_fn``: phi.
@@ -49,13 +50,13 @@ class _InputProjection(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, custom_gradient: bool = False):
+  def __call__(self, x, custom_gradient: bool = False, separate_bias: bool = False):
     kernel = self.param("kernel", self.kernel_init, (jnp.shape(x)[-1], self.features),
                         self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = project_rows(x, kernel) if custom_gradient else x @ kernel
-    return y + bias
+    return (y, bias) if separate_bias else y + bias
 
 
 class _HoistableCell(nn.RNNCellBase):
@@ -100,13 +101,17 @@ class _HoistableCell(nn.RNNCellBase):
   def activation_fn(self) -> Callable[[jax.Array], jax.Array]:
     return get_activation(self.activation)
 
-  def project_inputs(self, x: jax.Array, *, custom_gradient: bool = False) -> jax.Array:
+  def project_inputs(self, x: jax.Array, *, custom_gradient: bool = False,
+                     separate_bias: bool = False):
     """x F^T + b over all leading axes (all time steps in one matmul).
 
     ``custom_gradient``: reverse-mode-only VJP tuned for the hoisted
     projection (:func:`urnn_jax.rnn.project_rows`), as :class:`Recurrent` uses it.
+    ``separate_bias``: return ``(x F^T, b)`` instead, for a loop that adds
+    ``b`` per step (:func:`urnn_jax.recurrence`'s ``bias``), which saves a
+    full pass over the projected sequence.
     """
-    return self.input(x, custom_gradient)
+    return self.input(x, custom_gradient, separate_bias)
 
   def __call__(self, carry, inputs):
     """One step: returns ``(h, h)`` with h = phi(carry K + inputs F^T + b)."""

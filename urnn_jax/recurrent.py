@@ -126,13 +126,15 @@ class Recurrent(nn.Module):
     )
     if _is_hoistable(self.cell):
       # In the input's own layout: a batch-major x needs no transposes.
-      z = self.cell.project_inputs(x, custom_gradient=self.custom_gradient)  # one matmul, all steps
+      z, bias = self.cell.project_inputs(  # one matmul, all steps; b is added in the loop
+          x, custom_gradient=self.custom_gradient, separate_bias=True)
       kernel = self.cell.transition_kernel()  # built once per call
       carry, ys = recurrence(
           kernel,
           z,
           initial_carry,
           self.cell.activation_fn,
+          bias=bias,
           lengths=seq_lengths,
           unroll=self.unroll,
           custom_gradient=self.custom_gradient,

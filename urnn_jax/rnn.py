@@ -253,9 +253,16 @@ def _kernel_gradient(kernel, h0, hs, dz, time_axis):
   return row_gram(h_prev.reshape(-1, n), dz.reshape(-1, n)).astype(kernel.dtype)
 
 
-def _forward_step(phi, kernel, h, z_k, v_k):
-  """One step: ``(new carry, output, pre-activation)``; ``v_k`` None or the step's mask."""
+def _forward_step(phi, kernel, bias, h, z_k, v_k):
+  """One step: ``(new carry, output, pre-activation)``; ``v_k`` None or the step's mask.
+
+  ``bias`` (None or ``(n,)``) is added here, per step, rather than to all of
+  ``z`` beforehand: that saves the layer a full pass over the ``(T, B, n)``
+  array (measured 16-28% of the forward at n = 256, B = 32-256, on CPU).
+  """
   a = _step_matmul(h, kernel) + z_k
+  if bias is not None:
+    a = a + bias
   h_new = phi(a)
   if v_k is None:
     return h_new, h_new, a
@@ -277,36 +284,43 @@ def _backward_step(phi, dphi, kernel_t, delta, g_k, h_k, a_k, v_k):
   return jnp.where(v_k, _step_matmul(da, kernel_t), delta), da
 
 
-def _forward_with_residuals(loop, phi, unroll, kernel, z, h0, mask):
+def _forward_with_residuals(loop, phi, unroll, kernel, z, bias, h0, mask):
   """The custom VJPs' forward pass: states, plus pre-activations when phi' needs them."""
   if _derivative_from_output(phi) is not None:
-    h_last, hs = loop(phi, unroll, kernel, z, h0, mask)
+    h_last, hs = loop(phi, unroll, kernel, z, bias, h0, mask)
     pre = None
   else:
-    h_last, (hs, pre) = loop(phi, unroll, kernel, z, h0, mask, save_preactivations=True)
-  return (h_last, hs), (kernel, h0, hs, pre, mask)
+    h_last, (hs, pre) = loop(phi, unroll, kernel, z, bias, h0, mask, save_preactivations=True)
+  return (h_last, hs), (kernel, bias, h0, hs, pre, mask)
 
 
-def _forward_loop(phi, unroll, kernel, z, h0, valid, save_preactivations=False):
+def _bias_gradient(bias, dz):
+  """db = the sum of da(k) over all steps and batch rows (None without a bias)."""
+  if bias is None:
+    return None
+  return jnp.sum(dz.reshape(-1, dz.shape[-1]), axis=0).astype(bias.dtype)
+
+
+def _forward_loop(phi, unroll, kernel, z, bias, h0, valid, save_preactivations=False):
   """The forward loop over axis 0; ``valid`` is None or bool ``(T, *batch, 1)``."""
 
   def step(h, inputs):
-    h, out, a = _forward_step(phi, kernel, h, *inputs)
+    h, out, a = _forward_step(phi, kernel, bias, h, *inputs)
     return h, ((out, a) if save_preactivations else out)
 
   return lax.scan(step, h0, (z, valid), unroll=unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _recurrence(phi, unroll, kernel, z, h0, valid):
-  return _forward_loop(phi, unroll, kernel, z, h0, valid)
+def _recurrence(phi, unroll, kernel, z, bias, h0, valid):
+  return _forward_loop(phi, unroll, kernel, z, bias, h0, valid)
 
 
 _recurrence_fwd = functools.partial(_forward_with_residuals, _forward_loop)
 
 
 def _recurrence_bwd(phi, unroll, residuals, cotangents):
-  kernel, h0, hs, pre, valid = residuals
+  kernel, bias, h0, hs, pre, valid = residuals
   g_last, g = cotangents
   dphi = _derivative_from_output(phi)
   kernel_t = kernel.T
@@ -316,7 +330,8 @@ def _recurrence_bwd(phi, unroll, residuals, cotangents):
 
   xs = (g, hs if dphi is not None else None, pre, valid)
   dh0, dz = lax.scan(step, g_last, xs, reverse=True, unroll=unroll)
-  return _kernel_gradient(kernel, h0, hs, dz, time_axis=0), dz, dh0, None
+  return (_kernel_gradient(kernel, h0, hs, dz, time_axis=0), dz,
+          _bias_gradient(bias, dz), dh0, None)
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -330,14 +345,14 @@ _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 # ---------------------------------------------------------------------------
 
 
-def _bm_forward_loop(phi, unroll, kernel, z, h0, lengths, save_preactivations=False):
+def _bm_forward_loop(phi, unroll, kernel, z, bias, h0, lengths, save_preactivations=False):
   steps = z.shape[1]
 
   def body(k, c):
     h, hs, pre = c
     z_k = lax.dynamic_index_in_dim(z, k, axis=1, keepdims=False)
     v_k = None if lengths is None else (k < lengths)[:, None]
-    h, out, a = _forward_step(phi, kernel, h, z_k, v_k)
+    h, out, a = _forward_step(phi, kernel, bias, h, z_k, v_k)
     hs = lax.dynamic_update_index_in_dim(hs, out.astype(hs.dtype), k, axis=1)
     if save_preactivations:
       pre = lax.dynamic_update_index_in_dim(pre, a, k, axis=1)
@@ -350,15 +365,15 @@ def _bm_forward_loop(phi, unroll, kernel, z, h0, lengths, save_preactivations=Fa
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _bm_recurrence(phi, unroll, kernel, z, h0, lengths):
-  return _bm_forward_loop(phi, unroll, kernel, z, h0, lengths)
+def _bm_recurrence(phi, unroll, kernel, z, bias, h0, lengths):
+  return _bm_forward_loop(phi, unroll, kernel, z, bias, h0, lengths)
 
 
 _bm_recurrence_fwd = functools.partial(_forward_with_residuals, _bm_forward_loop)
 
 
 def _bm_recurrence_bwd(phi, unroll, residuals, cotangents):
-  kernel, h0, hs, pre, lengths = residuals
+  kernel, bias, h0, hs, pre, lengths = residuals
   g_last, g = cotangents
   dphi = _derivative_from_output(phi)
   kernel_t = kernel.T
@@ -375,7 +390,8 @@ def _bm_recurrence_bwd(phi, unroll, residuals, cotangents):
 
   dh0, dz = lax.fori_loop(0, steps, body, (g_last, jnp.zeros(g.shape, jnp.result_type(g, hs))),
                           unroll=unroll)
-  return _kernel_gradient(kernel, h0, hs, dz, time_axis=1), dz, dh0, None
+  return (_kernel_gradient(kernel, h0, hs, dz, time_axis=1), dz,
+          _bias_gradient(bias, dz), dh0, None)
 
 
 _bm_recurrence.defvjp(_bm_recurrence_fwd, _bm_recurrence_bwd)
@@ -387,15 +403,19 @@ def recurrence(
     h0: Array,
     activation: Activation = "relu",
     *,
+    bias: Array | None = None,
     lengths: Array | None = None,
     unroll: int = 1,
     custom_gradient: bool = True,
     batch_major: bool = False,
 ) -> tuple[Array, Array]:
-  """Runs h(k) = phi(h(k-1) @ kernel + z(k)) over a time-major sequence.
+  """Runs h(k) = phi(h(k-1) @ kernel + z(k) [+ bias]) over a time-major sequence.
 
   This is the scan kernel under :func:`simulate` and :class:`Recurrent`.
-  ``z`` holds the already-projected inputs ``x(k) F^T + b`` for every step.
+  ``z`` holds the already-projected inputs ``x(k) F^T + b`` for every step,
+  or ``x(k) F^T`` alone with the bias passed as ``bias``: it is then added
+  inside the loop, one ``(*batch, n)`` slab at a time, which saves a full
+  pass over ``z`` (what :class:`urnn_jax.Recurrent` does).
 
   Its gradient is a custom VJP: the backward loop carries only
   ``delta(k-1) = (phi'(a(k)) * (delta(k) + g(k))) @ kernel.T`` and the
@@ -414,6 +434,8 @@ def recurrence(
       derivatives come from the saved states; a callable's from its own
       ``jax.vjp`` at the pre-activations (saved too), so any elementwise
       function works, complex non-holomorphic ones included.
+    bias: optional ``(n,)`` vector added to every step's pre-activation;
+      differentiable like ``z`` (its gradient is one sum after the loop).
     lengths: optional int ``(*batch,)`` sequence lengths. Past a sequence's
       end the state is frozen and the output is zero.
     unroll: ``lax.scan`` unroll factor (of the forward and backward loops).
@@ -442,11 +464,21 @@ def recurrence(
         f"recurrence: z must have shape {layout} with n = {kernel.shape[0]} (the"
         f" kernel's size), got shape {z.shape}."
     )
-  dtype = jnp.result_type(z, kernel, h0)
+  if bias is not None:
+    bias = jnp.asarray(bias)
+    if bias.shape != (kernel.shape[0],):
+      raise ValueError(
+          f"recurrence: bias must have shape ({kernel.shape[0]},) (the kernel's size),"
+          f" got shape {bias.shape}."
+      )
+  dtype = jnp.result_type(z, kernel, h0, *(() if bias is None else (bias,)))
   kernel = kernel.astype(dtype)
   z = z.astype(dtype)
+  if bias is not None:
+    bias = bias.astype(dtype)
   if batch_major:
-    return _batch_major_recurrence(phi, unroll, kernel, z, h0, lengths, custom_gradient, dtype)
+    return _batch_major_recurrence(phi, unroll, kernel, z, bias, h0, lengths, custom_gradient,
+                                   dtype)
   h0 = jnp.broadcast_to(h0, z.shape[1:]).astype(dtype)
 
   valid = None
@@ -458,11 +490,11 @@ def recurrence(
     valid = valid.reshape(valid.shape[:1] + pad + valid.shape[1:] + (1,))
 
   if not custom_gradient:
-    return _forward_loop(phi, unroll, kernel, z, h0, valid)
-  return _recurrence(phi, unroll, kernel, z, h0, valid)
+    return _forward_loop(phi, unroll, kernel, z, bias, h0, valid)
+  return _recurrence(phi, unroll, kernel, z, bias, h0, valid)
 
 
-def _batch_major_recurrence(phi, unroll, kernel, z, h0, lengths, custom_gradient, dtype):
+def _batch_major_recurrence(phi, unroll, kernel, z, bias, h0, lengths, custom_gradient, dtype):
   """:func:`recurrence` with ``batch_major=True`` (batch axes flattened to one)."""
   batch, (steps, n) = z.shape[:-2], z.shape[-2:]
   flat = math.prod(batch)
@@ -479,9 +511,9 @@ def _batch_major_recurrence(phi, unroll, kernel, z, h0, lengths, custom_gradient
   if steps == 0:  # No step to run (the loop body could not even be traced).
     return h0.reshape(batch + (n,)), z.reshape(batch + (0, n))
   if custom_gradient:
-    h_last, hs = _bm_recurrence(phi, unroll, kernel, z, h0, lengths)
+    h_last, hs = _bm_recurrence(phi, unroll, kernel, z, bias, h0, lengths)
   else:
-    h_last, hs = _bm_forward_loop(phi, unroll, kernel, z, h0, lengths)
+    h_last, hs = _bm_forward_loop(phi, unroll, kernel, z, bias, h0, lengths)
   return h_last.reshape(batch + (n,)), hs.reshape(batch + (steps, n))
 
 
@@ -538,11 +570,11 @@ def simulate(
     )
   # Hoisted input projection: one matmul for all steps (reverse mode: its
   # kernel gradient is one 2-D matmul, see project_rows).
-  proj = project_rows(x, params.F.T) if custom_gradient else x @ params.F.T
-  z = proj + params.b  # (*batch, T, n)
+  # The bias is added inside the loop (no extra pass over the (*batch, T, n) z).
+  z = project_rows(x, params.F.T) if custom_gradient else x @ params.F.T
   _, hs = recurrence(
-      params.W.T, z, params.h0, phi, unroll=unroll, custom_gradient=custom_gradient,
-      batch_major=True,
+      params.W.T, z, params.h0, phi, bias=params.b, unroll=unroll,
+      custom_gradient=custom_gradient, batch_major=True,
   )  # (*batch, T, n)
   y = hs @ params.C.T
   return (y, hs) if return_states else y
