@@ -180,17 +180,11 @@ def _jax_programs(name: str, hidden: int, batch: int, seq_len: int, m: int, unro
   """``{mode: (fn, args)}`` with ``fn`` jittable, for a JAX model."""
   x = jax.random.normal(jax.random.key(0), (batch, seq_len, m), jnp.float32)
   if name in ("recurrence", "recurrence_bm"):
-    batch_major = name == "recurrence_bm"
     k = jax.random.split(jax.random.key(1), 2)
     kernel = urnn_jax.initializers.haar()(k[0], (hidden, hidden), jnp.float32)
-    shape = (batch, seq_len, hidden) if batch_major else (seq_len, batch, hidden)
-    z = jax.random.normal(k[1], shape, jnp.float32)
     h0 = jnp.zeros((hidden,), jnp.float32)
-
-    def fwd(kernel, z):
-      return urnn_jax.recurrence(kernel, z, h0, "relu", unroll=unroll, batch_major=batch_major)[1]
-
-    if batch_major:  # a forward-only breakdown row: the layer's loop, bias included
+    if name == "recurrence_bm":  # a forward-only breakdown row: the layer's loop, bias included
+      z = jax.random.normal(k[1], (batch, seq_len, hidden), jnp.float32)
       bias = jax.random.normal(jax.random.key(2), (hidden,), jnp.float32)
 
       def fwd_bm(kernel, bias, z):
@@ -198,6 +192,11 @@ def _jax_programs(name: str, hidden: int, batch: int, seq_len: int, m: int, unro
                                    batch_major=True)[1]
 
       return {"fwd": (fwd_bm, (kernel, bias, z))}
+
+    z = jax.random.normal(k[1], (seq_len, batch, hidden), jnp.float32)
+
+    def fwd(kernel, z):
+      return urnn_jax.recurrence(kernel, z, h0, "relu", unroll=unroll)[1]
 
     def loss(kernel, z):
       return jnp.sum(jnp.square(fwd(kernel, z)))

@@ -258,7 +258,7 @@ def _forward_step(phi, kernel, bias, h, z_k, v_k):
 
   ``bias`` (None or ``(n,)``) is added here, per step, rather than to all of
   ``z`` beforehand: that saves the layer a full pass over the ``(T, B, n)``
-  array (measured 16-28% of the forward at n = 256, B = 32-256, on CPU).
+  array, which XLA:CPU does not fuse into the projection's matmul.
   """
   a = _step_matmul(h, kernel) + z_k
   if bias is not None:
