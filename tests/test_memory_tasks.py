@@ -190,3 +190,68 @@ def test_reproject_every_removes_drift(model):
   assert errors[1] < 1e-5
   with pytest.raises(ValueError, match="reproject_every must be an int >= 0"):
     mt.Config(reproject_every=-1).validate()
+
+
+def test_recurrent_learning_rate_reaches_the_recurrent_matrix_only():
+  """--recurrent_learning_rate scales W's step (before the retraction) for the eq. (1) models;
+  LSTM has no recurrent matrix and keeps one rate."""
+  import jax.numpy as jnp
+
+  task = memory.get_task("first_term")
+  x, y = task.sample(jax.random.key(1), 4, 5)
+  for model, leaf in [("rnn", "recurrent_kernel"), ("urnn_param_expm", "recurrent_generator")]:
+    config = mt.Config(models=(model,), hidden=6, learning_rate=1e-2)
+    run = mt.build(config, model, task)
+    grads = jax.grad(lambda p: mt.task_loss(
+        task, run.model.apply({"params": p, **run.constants}, x), y)[0])(run.init_params)
+    steps = {}
+    for rlr in (None, 1e-3):
+      tx = mt.make_optimizer(dataclasses.replace(config, recurrent_learning_rate=rlr), model)
+      steps[rlr], _ = tx.update(grads, tx.init(run.init_params), run.init_params)
+    cell = lambda u: u["rnn"]["cell"]
+    np.testing.assert_allclose(cell(steps[1e-3])[leaf], 0.1 * cell(steps[None])[leaf], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(cell(steps[1e-3])["input"]["kernel"], cell(steps[None])["input"]["kernel"])
+  config = mt.Config(models=("lstm",), hidden=6, recurrent_learning_rate=1e-3)
+  run = mt.build(config, "lstm", task)
+  mt.make_optimizer(config, "lstm").init(run.init_params)  # no recurrent leaf: not applied, no error
+  with pytest.raises(ValueError, match="recurrent_learning_rate must be > 0"):
+    mt.Config(recurrent_learning_rate=0.0).validate()
+
+
+def test_config_check_under_a_cosine_schedule(tmp_path):
+  """A constant-rate run may be extended (steps not compared); a cosine run spans its steps, so
+  they must match; a config.json that predates a field reads it at its default."""
+  base = mt.Config(task="first_term", length=4, steps=4)
+  mt._check_config(base, str(tmp_path / "const"))
+  mt._check_config(dataclasses.replace(base, steps=8), str(tmp_path / "const"))
+  cosine = dataclasses.replace(base, lr_schedule="cosine")
+  mt._check_config(cosine, str(tmp_path / "cos"))
+  with pytest.raises(ValueError, match="different configuration.*steps: saved 4 vs now 8"):
+    mt._check_config(dataclasses.replace(cosine, steps=8), str(tmp_path / "cos"))
+  old = tmp_path / "old"
+  old.mkdir()
+  saved = dataclasses.asdict(base)
+  for field in ("recurrent_learning_rate", "lr_schedule"):
+    saved.pop(field)
+  training.write_json(str(old / "config.json"), saved)
+  mt._check_config(base, str(old))
+  with pytest.raises(ValueError, match="different configuration.*recurrent_learning_rate: saved None vs now 0.001"):
+    mt._check_config(dataclasses.replace(base, recurrent_learning_rate=1e-3), str(old))
+  with pytest.raises(ValueError, match="lr_schedule='linear'"):
+    mt.Config(lr_schedule="linear").validate()
+
+
+def test_cosine_run_with_a_recurrent_learning_rate_trains_and_resumes(tmp_path):
+  config = tiny(task="first_term", length=4, models=("urnn_expm",), steps=4, checkpoint_every=1, num_values=4,
+                diagnostics=False, learning_rate=1e-2, recurrent_learning_rate=1e-4, lr_schedule="cosine")
+  straight = quiet(config, tmp_path / "a")
+  saved = training.read_json(str(tmp_path / "a" / "first_term_L4" / "config.json"))
+  assert (saved["lr_schedule"], saved["recurrent_learning_rate"]) == ("cosine", 1e-4)
+  # Killed before its last checkpoint (orbax keeps steps 3 and 4), then resumed with the same flags.
+  import shutil
+
+  shutil.rmtree(tmp_path / "a" / "first_term_L4" / "urnn_expm" / "checkpoints" / "4")
+  logs = []
+  resumed = mt.run_experiment(config, str(tmp_path / "a"), log=logs.append, progress_stream=io.StringIO())
+  assert any("resumed from step 3" in line for line in logs)
+  assert resumed["rows"][0]["eval_loss"] == straight["rows"][0]["eval_loss"]

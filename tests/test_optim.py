@@ -420,3 +420,39 @@ def test_bad_options_raise():
     optim.constrained("adam", optim.orthogonal_projection())
   with pytest.raises(TypeError, match=r"constraint must be an optax.GradientTransformation"):
     optim.constrained(optax.adam(1e-3), optim.orthogonal_projection)
+
+
+def test_scale_recurrent_scales_only_the_recurrent_matrices():
+  """Kernel and generator leaves get factor * update; every other leaf passes unchanged."""
+  params = {
+      "a": {"cell": {"recurrent_kernel": jnp.ones((3, 3)), "input": {"kernel": jnp.ones((2, 3))}}},
+      "b": {"cell": {"recurrent_generator": jnp.ones((3, 3))}},
+      "head": {"kernel": jnp.ones((3, 4)), "recurrent_kernel_scale": jnp.ones((3,))},
+  }
+  grads = jax.tree.map(lambda p: jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) + 1.0, params)
+  tx = optim.scale_recurrent(0.25)
+  out, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_array_equal(out["a"]["cell"]["recurrent_kernel"], 0.25 * grads["a"]["cell"]["recurrent_kernel"])
+  np.testing.assert_array_equal(out["b"]["cell"]["recurrent_generator"], 0.25 * grads["b"]["cell"]["recurrent_generator"])
+  for path in [("a", "cell", "input", "kernel"), ("head", "kernel"), ("head", "recurrent_kernel_scale")]:
+    a, b = grads, out
+    for k in path:
+      a, b = a[k], b[k]
+    np.testing.assert_array_equal(b, a)
+  # A custom match.
+  tx = optim.scale_recurrent(2.0, match="head/kernel")
+  out, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_array_equal(out["head"]["kernel"], 2.0 * grads["head"]["kernel"])
+  np.testing.assert_array_equal(out["a"]["cell"]["recurrent_kernel"], grads["a"]["cell"]["recurrent_kernel"])
+
+
+@pytest.mark.parametrize("factor", [0.0, -1.0, float("inf"), float("nan"), True, "0.1"])
+def test_scale_recurrent_rejects_bad_factors(factor):
+  with pytest.raises(ValueError, match="scale_recurrent: factor must be a finite number > 0"):
+    optim.scale_recurrent(factor)
+
+
+def test_scale_recurrent_without_a_recurrent_leaf():
+  tx = optim.scale_recurrent(0.5)
+  with pytest.raises(ValueError, match="scale_recurrent: match=.* selects no leaf.*Leaf paths: \\['w'\\]"):
+    tx.init({"w": jnp.ones((2, 2))})

@@ -131,6 +131,27 @@ def test_make_optimizer_schedule_clip_and_errors():
       (dict(grad_clip=-1.0), "grad_clip must be >= 0"),
       (dict(lr_schedule="linear"), "lr_schedule='linear'"),
       (dict(lr_schedule="cosine"), "needs total_steps"),
+      (dict(recurrent_learning_rate=0.0), "recurrent_learning_rate must be None or > 0"),
+      (dict(recurrent_learning_rate=float("nan")), "recurrent_learning_rate must be None or > 0"),
   ]:
     with pytest.raises(ValueError, match=pattern):
       training.make_optimizer(**kwargs)
+
+
+def test_make_optimizer_recurrent_learning_rate():
+  """The recurrent matrices step at their own rate, under the same schedule; other leaves do not."""
+  params = {"cell": {"recurrent_kernel": jnp.ones((2, 2)), "input": {"kernel": jnp.ones((2, 2))}}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = training.make_optimizer("sgd", 0.5, recurrent_learning_rate=0.05, lr_schedule="cosine", total_steps=10)
+  state = tx.init(params)
+  for step in range(3):
+    updates, state = tx.update(grads, state, params)
+    lr = 0.5 * 0.5 * (1 + np.cos(np.pi * step / 10))
+    np.testing.assert_allclose(updates["cell"]["input"]["kernel"], -lr, rtol=1e-6)
+    np.testing.assert_allclose(updates["cell"]["recurrent_kernel"], -lr / 10, rtol=1e-6)
+  # Adam: the recurrent step is the plain Adam step times the ratio.
+  tx = training.make_optimizer("adam", 1e-2, recurrent_learning_rate=1e-3)
+  want, _ = optax.adam(1e-2).update(grads, optax.adam(1e-2).init(params), params)
+  got, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(got["cell"]["recurrent_kernel"], 0.1 * want["cell"]["recurrent_kernel"], rtol=1e-6)
+  np.testing.assert_allclose(got["cell"]["input"]["kernel"], want["cell"]["input"]["kernel"])

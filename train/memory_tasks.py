@@ -50,6 +50,12 @@ def define_flags() -> None:
   flags.DEFINE_enum("rnn_init", _d.rnn_init, sorted(mt.RNN_INITS), "Initialiser of the free RNN's W.")
   flags.DEFINE_enum("optimizer", _d.optimizer, sorted(mt.OPTIMIZERS), "Optimiser (all models).")
   flags.DEFINE_float("learning_rate", _d.learning_rate, "Learning rate.")
+  flags.DEFINE_float("recurrent_learning_rate", None,
+                     "Learning rate of the recurrent matrix of the RNN / uRNN models (W, or the"
+                     " generator A of urnn_param_*), expRNN's 'orthogonal lr'; default: --learning_rate."
+                     " LSTM / GRU use --learning_rate throughout.")
+  flags.DEFINE_enum("lr_schedule", _d.lr_schedule, list(mt.training.LR_SCHEDULES),
+                    "Learning rate (both rates): constant, or cosine decay to 0 over --steps.")
   flags.DEFINE_float("grad_clip", _d.grad_clip, "Clip gradients to this global norm (0: off).")
   flags.DEFINE_integer("reproject_every", _d.reproject_every,
                        "urnn_cayley/urnn_expm: also project W onto the orthogonal group every this"
@@ -87,6 +93,8 @@ def configs_from_flags() -> list[mt.Config]:
           rnn_init=FLAGS.rnn_init,
           optimizer=FLAGS.optimizer,
           learning_rate=FLAGS.learning_rate,
+          recurrent_learning_rate=FLAGS.recurrent_learning_rate,
+          lr_schedule=FLAGS.lr_schedule,
           grad_clip=FLAGS.grad_clip,
           reproject_every=FLAGS.reproject_every,
           batch_size=FLAGS.batch_size,

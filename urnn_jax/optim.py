@@ -18,6 +18,8 @@ stays on the group (or in the ball) and returns u' = W_new - W, so that
 * :func:`expm_retraction`: W_new = exp(A) W.
 * :func:`spectral_norm_projection`: W_new = clip_singular_values(W + u, rho)
   (the paper's contractive RNN).
+* :func:`scale_recurrent`: not a constraint; scales the recurrent matrices'
+  updates, giving W its own learning rate (expRNN's "orthogonal lr").
 
 Both retractions use the skew-symmetric (skew-Hermitian) A = skew(u W^H) =
 (u W^H - W u^H) / 2, so that their first-order term A W = W skew(W^H u) is
@@ -51,6 +53,9 @@ Array = jax.Array
 Match = Union[None, str, "re.Pattern[str]", Callable[[str, Any], bool]]
 
 RECURRENT_KERNEL = "recurrent_kernel"
+# The recurrent matrix's parameter in every eq. (1) cell: the kernel itself, or
+# the generator A of a parametrised OrthogonalRNNCell (W = base map(skew(A))).
+RECURRENT_MATRIX = r"(^|/)recurrent_(kernel|generator)$"
 CONSTRAINED = "constrained"
 FREE = "free"
 
@@ -400,6 +405,39 @@ def recurrent_kernel_labels(params, *, match: Match = None):
   """
   mask = _select("recurrent_kernel_labels", params, match)
   return jax.tree.map(lambda m: CONSTRAINED if m else FREE, mask)
+
+
+def scale_recurrent(factor: float, *, match: Match = RECURRENT_MATRIX) -> optax.GradientTransformation:
+  """Scales the updates of the recurrent matrices by ``factor``; other leaves pass.
+
+  After an optimiser that is linear in its learning rate (adam, rmsprop, sgd,
+  with any schedule), this gives the recurrent matrix its own learning rate
+  ``factor * lr``: the "orthogonal learning rate" of expRNN-style training,
+  where the orthogonal W takes much smaller steps than the input and output
+  weights. Put it before the constraint::
+
+      tx = constrained(optax.chain(optax.adam(3e-3), scale_recurrent(0.03)),
+                       expm_retraction())
+
+  Args:
+    factor: a finite float > 0.
+    match: which leaves to scale; by default every leaf named
+      ``recurrent_kernel`` or ``recurrent_generator`` (the free W, the
+      orthogonal W, or the generator A of a parametrised cell). Same forms as
+      in :func:`recurrent_kernel_mask`.
+
+  Raises:
+    ValueError: for a ``factor`` that is not finite and > 0; the returned
+      transformation's ``init`` raises ValueError when ``match`` selects no leaf.
+  """
+  if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (0 < factor < float("inf")):
+    raise ValueError(f"scale_recurrent: factor must be a finite number > 0, got {factor!r}.")
+  _matcher("scale_recurrent", match)  # Validates match eagerly.
+
+  def mask(tree):
+    return _select("scale_recurrent", tree, match)
+
+  return optax.masked(optax.scale(float(factor)), mask)
 
 
 def constrained(

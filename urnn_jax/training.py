@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from urnn_jax import optim
+
 PyTree = Any
 
 # The optimisers the binaries offer, by flag value.
@@ -52,6 +54,7 @@ def make_optimizer(
     grad_clip: float = 0.0,
     lr_schedule: str = "constant",
     total_steps: int | None = None,
+    recurrent_learning_rate: float | None = None,
 ) -> optax.GradientTransformation:
   """The binaries' base optimiser: optional global-norm clipping, then ``optimizer``.
 
@@ -64,6 +67,13 @@ def make_optimizer(
       indexed by the optimiser's own step count (in its state), so a run
       resumed from a checkpoint continues it exactly.
     total_steps: the number of optimiser steps; needed by ``"cosine"``.
+    recurrent_learning_rate: the (peak) learning rate of the recurrent
+      matrices (leaves named ``recurrent_kernel`` or ``recurrent_generator``),
+      > 0; ``None``: ``learning_rate``. Applied as
+      :func:`urnn_jax.optim.scale_recurrent` by the ratio of the two rates,
+      after the optimiser (which is linear in its rate), so the schedule
+      shapes both. The params must then hold such a leaf (``init`` raises
+      ValueError otherwise).
   """
   if optimizer not in OPTIMIZERS:
     raise ValueError(f"optimizer={optimizer!r}; expected one of {sorted(OPTIMIZERS)}.")
@@ -78,7 +88,13 @@ def make_optimizer(
     if not isinstance(total_steps, int) or total_steps < 1:
       raise ValueError(f"lr_schedule='cosine' needs total_steps >= 1, got {total_steps!r}.")
     lr = optax.cosine_decay_schedule(learning_rate, total_steps)
+  if recurrent_learning_rate is not None and not (
+      isinstance(recurrent_learning_rate, (int, float)) and 0 < recurrent_learning_rate < math.inf
+  ):
+    raise ValueError(f"recurrent_learning_rate must be None or > 0, got {recurrent_learning_rate!r}.")
   tx = OPTIMIZERS[optimizer](lr)
+  if recurrent_learning_rate is not None and recurrent_learning_rate != learning_rate:
+    tx = optax.chain(tx, optim.scale_recurrent(recurrent_learning_rate / learning_rate))
   return optax.chain(optax.clip_by_global_norm(grad_clip), tx) if grad_clip > 0 else tx
 
 

@@ -71,7 +71,7 @@ PyTree = Any
 # Configuration.
 
 
-NOT_COMPARED = ("models", "steps", "diagnostics")
+NOT_COMPARED = ("models", "steps", "diagnostics")  # "steps" is compared under a cosine schedule
 
 # Recall (first_term, copy) needs only a linear recurrence: an orthogonal linear
 # RNN is the classic exact solution (Henaff et al. 2016), and it needs n >= T
@@ -86,7 +86,8 @@ class Config:
 
   ``models``, ``steps`` and ``diagnostics`` may change when a run is resumed
   (train more models, or longer); every other field must match the saved
-  ``config.json``.
+  ``config.json``. Under ``lr_schedule="cosine"`` the schedule spans
+  ``steps``, so ``steps`` must match too.
   """
 
   task: str = "first_term"
@@ -97,6 +98,8 @@ class Config:
   rnn_init: str = "haar"
   optimizer: str = "adam"
   learning_rate: float = 1e-3
+  recurrent_learning_rate: float | None = None  # eq. (1) models' W (or A); None: learning_rate
+  lr_schedule: str = "constant"  # or "cosine": decay to 0 over `steps`
   grad_clip: float = 1.0
   reproject_every: int = 0  # Retractions (urnn_cayley, urnn_expm): project W every k steps; 0 = never.
   batch_size: int = 64
@@ -132,7 +135,8 @@ class Config:
     """The fields a resumed run must share with the saved one."""
     d = dataclasses.asdict(self)
     for key in NOT_COMPARED:
-      d.pop(key)
+      if not (key == "steps" and self.lr_schedule == "cosine"):
+        d.pop(key)
     return d
 
   def validate(self) -> None:
@@ -156,6 +160,10 @@ class Config:
         raise ValueError(f"{name} must be a positive int, got {v!r}.")
     if not self.learning_rate > 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+    if self.recurrent_learning_rate is not None and not self.recurrent_learning_rate > 0:
+      raise ValueError(f"recurrent_learning_rate must be > 0 (or None), got {self.recurrent_learning_rate}.")
+    if self.lr_schedule not in training.LR_SCHEDULES:
+      raise ValueError(f"lr_schedule={self.lr_schedule!r}; expected one of {list(training.LR_SCHEDULES)}.")
     if self.grad_clip < 0:
       raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}.")
     if not isinstance(self.reproject_every, int) or self.reproject_every < 0:
@@ -239,8 +247,16 @@ def make_model(config: Config, model: str, task: memory.MemoryTask) -> nn.Module
 
 
 def make_optimizer(config: Config, model: str) -> optax.GradientTransformation:
-  """Clip (optional), the optimiser, then the model's constraint on ``recurrent_kernel``."""
-  tx = training.make_optimizer(config.optimizer, config.learning_rate, grad_clip=config.grad_clip)
+  """Clip (optional), the optimiser, then the model's constraint on ``recurrent_kernel``.
+
+  ``config.recurrent_learning_rate`` applies to the eq. (1) models' recurrent
+  matrix (W, or the generator A of a parametrised cell); LSTM and GRU have no
+  single recurrent matrix and train every parameter at ``learning_rate``.
+  """
+  recurrent_lr = config.recurrent_learning_rate if MODELS[model].eq1 else None
+  tx = training.make_optimizer(config.optimizer, config.learning_rate, grad_clip=config.grad_clip,
+                               lr_schedule=config.lr_schedule, total_steps=config.steps,
+                               recurrent_learning_rate=recurrent_lr)
   constraint = MODELS[model].constraint
   return tx if constraint is None else optim.constrained(tx, constraint(config))
 
@@ -410,7 +426,10 @@ def train_model(config: Config, model: str, workdir: str, *, log=print, progress
   evaluation history is kept beside it and truncated to the restored step.
   """
   config = config.resolved()
-  key = dataclasses.replace(config, models=(), steps=0, diagnostics=True, eval_every=1, checkpoint_every=1)
+  # The compile cache key: the fields that change the compiled steps (steps only
+  # through a cosine schedule).
+  key = dataclasses.replace(config, models=(), steps=config.steps if config.lr_schedule == "cosine" else 0,
+                            diagnostics=True, eval_every=1, checkpoint_every=1)
   task, run, compiled = _prepare(key, model)
   model_dir = os.path.join(workdir, model)
   state = training.create_train_state(run.init_params, run.tx)
@@ -610,8 +629,10 @@ def _check_config(config: Config, run_dir: str):
   if os.path.exists(path):
     saved = training.read_json(path)
     current = training.to_jsonable(config.comparable())
-    saved_cmp = {k: v for k, v in saved.items() if k not in NOT_COMPARED}
-    diff = sorted(k for k in set(current) | set(saved_cmp) if current.get(k) != saved_cmp.get(k))
+    # A field the saved run predates is taken at its default.
+    defaults = training.to_jsonable(dataclasses.asdict(Config()))
+    saved_cmp = {k: saved.get(k, defaults.get(k)) for k in current}
+    diff = sorted(k for k in current if current[k] != saved_cmp[k])
     if diff:
       detail = ", ".join(f"{k}: saved {saved_cmp.get(k)!r} vs now {current.get(k)!r}" for k in diff)
       raise ValueError(
