@@ -71,7 +71,7 @@ PyTree = Any
 # Configuration.
 
 
-NOT_COMPARED = ("models", "steps", "diagnostics")  # "steps" is compared under a cosine schedule
+NOT_COMPARED = ("models", "steps", "diagnostics")  # "steps" is compared when the schedule spans it
 
 # Recall (first_term, copy) needs only a linear recurrence: an orthogonal linear
 # RNN is the classic exact solution (Henaff et al. 2016), and it needs n >= T
@@ -131,11 +131,15 @@ class Config:
   def run_name(self) -> str:
     return f"{self.task}_L{self.length}"
 
+  def schedule_spans_steps(self) -> bool:
+    """Whether the learning-rate schedule depends on ``steps`` (any but constant)."""
+    return self.lr_schedule != "constant"
+
   def comparable(self) -> dict:
     """The fields a resumed run must share with the saved one."""
     d = dataclasses.asdict(self)
     for key in NOT_COMPARED:
-      if not (key == "steps" and self.lr_schedule == "cosine"):
+      if not (key == "steps" and self.schedule_spans_steps()):
         d.pop(key)
     return d
 
@@ -151,21 +155,15 @@ class Config:
       raise ValueError(f"activation={self.activation!r} is not an eq. (1) activation.")
     if self.rnn_init not in RNN_INITS:
       raise ValueError(f"rnn_init={self.rnn_init!r}; expected one of {sorted(RNN_INITS)}.")
-    if self.optimizer not in OPTIMIZERS:
-      raise ValueError(f"optimizer={self.optimizer!r}; expected one of {sorted(OPTIMIZERS)}.")
     for name in ("length", "hidden", "batch_size", "steps", "eval_every", "eval_size", "eval_batch",
                  "checkpoint_every", "diagnostics_batch"):
       v = getattr(self, name)
       if not isinstance(v, int) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}.")
-    if not self.learning_rate > 0:
-      raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
-    if self.recurrent_learning_rate is not None and not self.recurrent_learning_rate > 0:
-      raise ValueError(f"recurrent_learning_rate must be > 0 (or None), got {self.recurrent_learning_rate}.")
-    if self.lr_schedule not in training.LR_SCHEDULES:
-      raise ValueError(f"lr_schedule={self.lr_schedule!r}; expected one of {list(training.LR_SCHEDULES)}.")
-    if self.grad_clip < 0:
-      raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}.")
+    # Validates optimizer, learning_rate, recurrent_learning_rate, grad_clip and lr_schedule.
+    training.make_optimizer(self.optimizer, self.learning_rate, grad_clip=self.grad_clip,
+                            lr_schedule=self.lr_schedule, total_steps=self.steps,
+                            recurrent_learning_rate=self.recurrent_learning_rate)
     if not isinstance(self.reproject_every, int) or self.reproject_every < 0:
       raise ValueError(f"reproject_every must be an int >= 0 (0 = off), got {self.reproject_every!r}.")
     if self.eval_size % min(self.eval_batch, self.eval_size):
@@ -427,8 +425,8 @@ def train_model(config: Config, model: str, workdir: str, *, log=print, progress
   """
   config = config.resolved()
   # The compile cache key: the fields that change the compiled steps (steps only
-  # through a cosine schedule).
-  key = dataclasses.replace(config, models=(), steps=config.steps if config.lr_schedule == "cosine" else 0,
+  # through a schedule that spans them).
+  key = dataclasses.replace(config, models=(), steps=config.steps if config.schedule_spans_steps() else 0,
                             diagnostics=True, eval_every=1, checkpoint_every=1)
   task, run, compiled = _prepare(key, model)
   model_dir = os.path.join(workdir, model)
@@ -634,7 +632,7 @@ def _check_config(config: Config, run_dir: str):
     saved_cmp = {k: saved.get(k, defaults.get(k)) for k in current}
     diff = sorted(k for k in current if current[k] != saved_cmp[k])
     if diff:
-      detail = ", ".join(f"{k}: saved {saved_cmp.get(k)!r} vs now {current.get(k)!r}" for k in diff)
+      detail = ", ".join(f"{k}: saved {saved_cmp[k]!r} vs now {current[k]!r}" for k in diff)
       raise ValueError(
           f"{run_dir} holds a run with a different configuration ({detail}). Use another"
           " --workdir, or the saved flags to resume."
