@@ -111,6 +111,51 @@ def create_train_state(params: PyTree, tx) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def all_finite(tree: PyTree) -> jax.Array:
+  """A traced bool: every inexact leaf of ``tree`` is finite (jittable; no host sync)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def make_train_step(loss_fn, tx: optax.GradientTransformation):
+  """The one training step: ``step(state, batch) -> (state, metrics)`` (pure, jittable).
+
+  ``loss_fn(params, batch) -> (loss, metrics)``. The step takes the gradient,
+  runs ``tx`` (optimiser and constraints) and applies the updates. The
+  returned ``metrics`` are the loss function's, plus ``loss``, ``grad_norm``
+  (the gradient's global norm) and ``finite``: whether the loss and the
+  *whole* new state (parameters and optimiser state) are finite. A
+  non-finite optimiser state (Adam's second moment overflowing while the
+  loss looks fine) is a divergence too; :func:`fit` stops on it without a
+  host sync per step. Under ``jax.vmap`` (many realizations) the same step
+  runs per realization, ``state.step`` unbatched.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from urnn_jax import training
+    >>> loss_fn = lambda p, b: (jnp.sum((p["w"] * b) ** 2), {})
+    >>> tx = optax.sgd(0.1)
+    >>> state = training.create_train_state({"w": jnp.ones(2)}, tx)
+    >>> step = jax.jit(training.make_train_step(loss_fn, tx))
+    >>> state, metrics = step(state, jnp.ones(2))
+    >>> int(state.step), float(metrics["loss"]), bool(metrics["finite"])
+    (1, 2.0, True)
+  """
+
+  def step(state: TrainState, batch):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics)
+    metrics.setdefault("loss", loss)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["finite"] = jnp.isfinite(loss) & all_finite((params, opt_state))
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return step
+
+
 class DivergenceError(RuntimeError):
   """Raised when a training run produces NaN or inf."""
 
@@ -136,12 +181,24 @@ def tree_is_finite(tree: PyTree) -> bool:
   return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in leaves)
 
 
+def _step_items(directory: str, step: int) -> set[str]:
+  path = os.path.join(directory, str(step))
+  return set(os.listdir(path)) if os.path.isdir(path) else set()
+
+
 class Checkpoints:
   """A thin wrapper around ``orbax.checkpoint.CheckpointManager``.
 
   Saves are synchronous, so a run killed right after ``save`` returns can
   resume from that step. Only finite states are saved (a diverged state never
-  replaces a good checkpoint).
+  replaces a good checkpoint); a refused save returns False, and
+  :func:`fit` reports it.
+
+  ``save(step, state, meta=...)`` stores a JSON ``meta`` (the loop's history)
+  *in the same checkpoint* as the state (orbax items ``state`` and ``meta``),
+  so the two are one unit: a kill can never leave a state without the
+  history that led to it. Checkpoints written without ``meta`` (and by
+  earlier versions, item ``default``) restore too.
   """
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
@@ -162,18 +219,22 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: PyTree) -> bool:
-    """Saves ``state`` at ``step``; returns False (and saves nothing) if not finite."""
+  def save(self, step: int, state: PyTree, meta: Mapping[str, Any] | None = None) -> bool:
+    """Saves ``state`` (and ``meta``) at ``step``; returns False (and saves nothing) if not finite."""
     if not tree_is_finite(state):
       return False
-    self._manager.save(int(step), args=self._ocp.args.StandardSave(state), force=True)
+    args = {"state": self._ocp.args.StandardSave(state)}
+    if meta is not None:
+      args["meta"] = self._ocp.args.JsonSave(to_jsonable(meta))
+    self._manager.save(int(step), args=self._ocp.args.Composite(**args), force=True)
     self._manager.wait_until_finished()
     return True
 
-  def restore(self, target: PyTree, step: int | None = None) -> PyTree | None:
-    """Restores the latest (or given) step into the structure of ``target``.
+  def restore_with_meta(self, target: PyTree, step: int | None = None) -> tuple[PyTree, dict | None] | None:
+    """``(state, meta)`` of the latest (or given) step, the state in ``target``'s structure.
 
-    Returns None when there is no checkpoint.
+    ``meta`` is None for a checkpoint saved without it. Returns None when
+    there is no checkpoint.
     """
     step = self.latest_step() if step is None else step
     if step is None:
@@ -181,9 +242,23 @@ class Checkpoints:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), target
     )
-    restored = self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+    items = _step_items(self.directory, step)
+    name = "default" if "default" in items else "state"
+    args = {name: self._ocp.args.StandardRestore(abstract)}
+    if "meta" in items:
+      args["meta"] = self._ocp.args.JsonRestore()
+    restored = self._manager.restore(step, args=self._ocp.args.Composite(**args))
     # Keep the target's container types (NamedTuples etc.).
-    return jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored))
+    state = jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored[name]))
+    return state, (dict(restored["meta"]) if "meta" in items else None)
+
+  def restore(self, target: PyTree, step: int | None = None) -> PyTree | None:
+    """Restores the latest (or given) step into the structure of ``target``.
+
+    Returns None when there is no checkpoint.
+    """
+    out = self.restore_with_meta(target, step)
+    return None if out is None else out[0]
 
   def close(self):
     self._manager.close()
@@ -400,3 +475,422 @@ def pyplot():
   import matplotlib.pyplot as plt
 
   return plt
+
+
+# ----------------------------------------------------------------------------
+# The run directory: one policy for every binary.
+
+
+class ConfigMismatchError(ValueError):
+  """A run directory holds a run with a different configuration."""
+
+
+def _comparable(config, resumable: Sequence[str], derived: Mapping[str, Any] | None) -> dict:
+  d = dataclasses.asdict(config)
+  for key in resumable:
+    d.pop(key, None)
+  d.update(derived or {})
+  return to_jsonable(d)
+
+
+def prepare_run_dir(
+    run_dir: str,
+    config,
+    *,
+    resumable: Sequence[str] = (),
+    derived: Mapping[str, Any] | None = None,
+    filename: str = "config.json",
+    legacy_filenames: Sequence[str] = (),
+) -> None:
+  """Creates ``run_dir``, checks ``config`` against the saved one, writes it.
+
+  The one rule of every binary: each field of the dataclass ``config``
+  (plus the ``derived`` entries) must equal the saved run's, except the
+  fields in ``resumable`` (which may change on resume: train longer, more
+  models, ...). A field the saved file predates is taken at its default
+  (``type(config)()``'s value), so older run directories stay resumable.
+  On a difference, raises :class:`ConfigMismatchError` naming every
+  differing field with both values; nothing is written then. The
+  configuration is then written to ``run_dir/filename`` atomically.
+  ``legacy_filenames``: older names of the file, read when it is missing.
+
+  Raises:
+    ConfigMismatchError: the saved run's configuration differs.
+    ValueError: ``run_dir`` cannot be created.
+  """
+  try:
+    os.makedirs(run_dir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"workdir {run_dir!r} cannot be created: {e.strerror or e}.") from None
+  current = _comparable(config, resumable, derived)
+  saved_path = next((p for p in [os.path.join(run_dir, n) for n in (filename, *legacy_filenames)]
+                     if os.path.exists(p)), None)
+  if saved_path is not None:
+    saved = read_json(saved_path)
+    try:
+      defaults = _comparable(type(config)(), resumable, None)
+    except TypeError:  # a config without defaults: every field must be saved
+      defaults = {}
+    saved_cmp = {k: saved.get(k, defaults.get(k)) for k in current}
+    diff = [k for k in current if current[k] != saved_cmp[k]]
+    if diff:
+      detail = ", ".join(f"{k}: saved {saved_cmp[k]!r} vs now {current[k]!r}" for k in diff)
+      raise ConfigMismatchError(
+          f"{run_dir} holds a run with a different configuration ({detail}). Use another"
+          " --workdir, or the saved flags to resume."
+      )
+  write_json(os.path.join(run_dir, filename), {**dataclasses.asdict(config), **(derived or {})})
+
+
+def collect_json(directory: str, filename: str = "results.json") -> list[Any]:
+  """``directory/*/filename``, read in sorted order of the sub-directories."""
+  out = []
+  if os.path.isdir(directory):
+    for name in sorted(os.listdir(directory)):
+      path = os.path.join(directory, name, filename)
+      if os.path.exists(path):
+        out.append(read_json(path))
+  return out
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+  """Early stopping on an evaluation metric to maximise (e.g. validation accuracy).
+
+  ``update(index, value)`` records one evaluation's value and returns True
+  when it is a new best (strictly better than the best by more than
+  ``min_delta``; ties keep the earlier one). ``should_stop`` is True once
+  ``patience`` evaluations in a row have not improved (``patience=0``: never).
+  """
+
+  patience: int
+  min_delta: float = 0.0
+  best_value: float = -math.inf
+  best_epoch: int | None = None
+  epochs_without_improvement: int = 0
+
+  def update(self, epoch: int, value: float) -> bool:
+    value = float(value)
+    if math.isfinite(value) and (self.best_epoch is None or value > self.best_value + self.min_delta):
+      self.best_value, self.best_epoch = value, int(epoch)
+      self.epochs_without_improvement = 0
+      return True
+    self.epochs_without_improvement += 1
+    return False
+
+  @property
+  def should_stop(self) -> bool:
+    return self.patience > 0 and self.epochs_without_improvement >= self.patience
+
+  @classmethod
+  def replay(cls, values: Sequence[float], patience: int, min_delta: float = 0.0) -> "EarlyStopping":
+    """The state after the evaluations ``0, 1, ...`` had ``values`` (stops feeding once it would stop)."""
+    es = cls(patience, min_delta)
+    for epoch, v in enumerate(values):
+      if es.should_stop:
+        break
+      es.update(epoch, v)
+    return es
+
+
+class FitResult(NamedTuple):
+  """What :func:`fit` returns.
+
+  ``history``: one entry per evaluation (``step``, the ``train_*`` metrics,
+  the evaluation's own keys, ``train_seconds`` / ``eval_seconds`` / ``train_steps``
+  since the previous one). ``meta``: ``train_seconds`` (in all) and
+  ``compile_seconds``. ``diverged``: None, or ``{"step", "message"}``.
+  ``best_params``: the parameters of the best evaluation (early stopping).
+  ``interrupted``: stopped by ``stop_after`` before the end.
+  """
+
+  state: PyTree
+  history: list
+  meta: dict
+  diverged: dict | None
+  stopped_early: bool
+  early_stopping: EarlyStopping | None
+  best_params: PyTree | None
+  interrupted: bool
+  resumed_from: int | None
+
+
+def stepwise(step_fn, batch_fn=None):
+  """An ``advance`` for :func:`fit` from a one-step ``step_fn``.
+
+  ``step_fn(state, batch_fn(step))`` (or ``step_fn(state)`` without
+  ``batch_fn``) is called for each step; the metrics stay on the device.
+  """
+
+  def advance(state, start: int, count: int):
+    metrics = []
+    for s in range(start, start + count):
+      state, m = step_fn(state) if batch_fn is None else step_fn(state, batch_fn(s))
+      metrics.append(m)
+    return state, metrics
+
+  return advance
+
+
+def _first_divergence(host_metrics: Sequence[Mapping[str, Any]]):
+  """``(index, description)`` of the first metrics entry that is not finite, or None."""
+  for i, m in enumerate(host_metrics):
+    if "finite" in m and not bool(np.all(m["finite"])):
+      return i, "loss or training state (parameters / optimiser state)"
+    bad = [k for k, v in m.items() if k != "finite" and not np.all(np.isfinite(np.asarray(v, float)))]
+    if bad:
+      return i, ", ".join(bad)
+  return None
+
+
+def _train_summary(host_metrics: Sequence[Mapping[str, Any]], how: str) -> dict:
+  if not host_metrics:
+    return {}
+  keys = [k for k in host_metrics[-1] if k != "finite"]
+  if how == "last":
+    return {f"train_{k}": float(host_metrics[-1][k]) for k in keys}
+  out = {}
+  for k in keys:
+    total = 0.0
+    for m in host_metrics:
+      total += float(m[k])
+    out[f"train_{k}"] = total / len(host_metrics)
+  return out
+
+
+def fit(
+    state: PyTree,
+    advance,
+    *,
+    total_steps: int,
+    checkpoint_dir: str,
+    eval_every: int = 0,
+    checkpoint_every: int = 0,
+    evaluate=None,
+    eval_at_start: bool = False,
+    train_metrics: str = "last",
+    early_stopping: EarlyStopping | None = None,
+    monitor: str | None = None,
+    best_dir: str | None = None,
+    params_of=lambda s: s.params,
+    step_of=lambda s: s.step,
+    history_path: str | None = None,
+    compile=None,
+    check=_first_divergence,
+    postfix=None,
+    desc: str = "",
+    log=print,
+    progress=None,
+    progress_stream=None,
+    stop_after: int | None = None,
+    max_to_keep: int = 2,
+) -> FitResult:
+  """The training loop every binary shares: resume, evaluate, checkpoint, stop.
+
+  Args:
+    state: the initial state (a pytree with the step count at ``step_of``).
+    advance: ``(state, start, count) -> (state, metrics)`` runs ``count``
+      steps from step ``start``; ``metrics`` is a list of per-step metric
+      dicts (or one dict for the whole chunk), left on the device
+      (:func:`stepwise` makes one from a step function; a chunk of steps in
+      one ``lax.scan`` is another).
+    total_steps: the step to train to.
+    checkpoint_dir: orbax checkpoints of the state, with the history in the
+      same checkpoint (one unit; see :class:`Checkpoints`). A run resumes
+      from the latest one.
+    eval_every: evaluate every this many steps, and at the end (0: only at
+      the end).
+    checkpoint_every: checkpoint every this many steps, and at the end; 0:
+      at every evaluation. The same meaning in every binary.
+    evaluate: ``state -> dict`` of evaluation results, or None (then the
+      evaluation points are only where training syncs and checkpoints).
+    eval_at_start: also evaluate at step 0 (a fresh run).
+    train_metrics: the ``train_*`` entries of an evaluation: the ``"last"``
+      step's metrics, or their ``"mean"`` since the previous evaluation.
+    early_stopping, monitor, best_dir: stop once ``history[-1][monitor]``
+      has not improved for ``patience`` evaluations; the best parameters are
+      checkpointed to ``best_dir`` and returned.
+    params_of, step_of: where the parameters and the step count live in
+      ``state``.
+    history_path: also write the history (and a divergence) there as JSON
+      for people and plots, at every evaluation and checkpoint.
+    compile: ``() -> seconds``, called once before the first step of a run
+      that has steps to do (ahead-of-time compilation, timed apart).
+    check: ``host metrics list -> (index, description) | None``: the first
+      diverged entry. Default: a ``finite`` flag of :func:`make_train_step`
+      or any non-finite value. Metrics reach the host only at evaluations
+      and checkpoints, so the check costs no sync per step.
+    postfix: ``(state, step, entry | None) -> str``, the progress line's tail.
+    desc, log, progress, progress_stream: the progress line (a
+      :class:`Progress` is made unless ``progress`` is given) and messages.
+    stop_after: stop (as a kill would, after a checkpoint) once this many
+      steps are done; for tests.
+
+  A divergence (non-finite metrics, evaluation, or a state that cannot be
+  checkpointed) stops the loop; ``FitResult.diverged`` says where, and the
+  message says which checkpoint was kept. It is recorded in
+  ``history_path``, so resuming the same run reports it again instead of
+  repeating it.
+  """
+  if train_metrics not in ("last", "mean"):
+    raise ValueError(f"train_metrics={train_metrics!r}; expected 'last' or 'mean'.")
+  if early_stopping is not None and monitor is None:
+    raise ValueError("fit: early_stopping needs monitor (the evaluation key to maximise).")
+  ckpt = Checkpoints(checkpoint_dir, max_to_keep=max_to_keep)
+  best_ckpt = Checkpoints(best_dir, max_to_keep=max_to_keep) if best_dir else None
+  own_progress = progress is None
+  meta: dict = {"train_seconds": 0.0, "compile_seconds": None}
+  history: list[dict] = []
+  diverged = None
+  resumed_from = None
+  try:
+    latest = ckpt.latest_step()
+    if latest is not None:
+      if latest > total_steps:
+        raise ValueError(
+            f"{desc}: the checkpoint in {checkpoint_dir} is at step {latest} > {total_steps}, the"
+            " steps asked for; train longer or use a fresh --workdir."
+        )
+      state, saved = ckpt.restore_with_meta(state)
+      if saved is not None:
+        history = list(saved.get("history", []))
+        meta.update({k: v for k, v in saved.get("meta", {}).items() if v is not None})
+      elif history_path and os.path.exists(history_path):  # written before the history moved in
+        old = read_json(history_path)
+        history = [h for h in old.get("history", []) if h["step"] <= latest]
+        meta.update({k: old[k] for k in meta if old.get(k) is not None})
+      resumed_from = int(step_of(state))
+      log(f"[{desc}] resumed from step {resumed_from}")
+    step = int(step_of(state))
+    if history_path and os.path.exists(history_path):
+      old_div = read_json(history_path).get("diverged")
+      if old_div is not None and old_div["step"] > step:
+        diverged = old_div  # Deterministic: resuming would diverge again.
+
+    es, best_params = None, None
+    if early_stopping is not None:
+      es = EarlyStopping.replay([h[monitor] for h in history], early_stopping.patience,
+                                early_stopping.min_delta)
+      if es.best_epoch is not None:
+        best_step = history[es.best_epoch]["step"]
+        best_params = best_ckpt.restore(params_of(state), step=best_step) if best_ckpt else None
+        if best_ckpt and best_params is None:
+          raise RuntimeError(f"{desc}: the best-evaluation checkpoint (step {best_step}) is missing.")
+
+    def write_history():
+      if history_path:
+        write_json(history_path, {"history": history, **meta, "diverged": diverged})
+
+    def run_eval(s, interval, interval_seconds):
+      entry = {"step": s, **_train_summary(interval, train_metrics)}
+      t0 = time.perf_counter()
+      entry.update(evaluate(state) if evaluate is not None else {})
+      entry.update(train_steps=len(interval), train_seconds=interval_seconds,
+                   eval_seconds=time.perf_counter() - t0)
+      return entry
+
+    def divergence(s, what):
+      kept = ckpt.latest_step()
+      kept = (f"The last good checkpoint (step {kept}) was kept" if kept is not None
+              else "No checkpoint had been written yet")
+      return {"step": s, "message": f"training diverged at step {s}: non-finite {what}. {kept};"
+                                    " lower the learning rate or add a constraint."}
+
+    stopped = es is not None and es.should_stop
+    if eval_at_start and step == 0 and evaluate is not None and not history and diverged is None:
+      entry = run_eval(0, [], 0.0)
+      bad = check([{k: v for k, v in entry.items() if isinstance(v, float)}])
+      history.append(entry)
+      if bad is not None:
+        diverged = divergence(0, bad[1])
+    todo = not stopped and diverged is None and step < total_steps
+    if todo and compile is not None:
+      seconds = compile()
+      if meta.get("compile_seconds") is None:
+        meta["compile_seconds"] = seconds
+    if own_progress:
+      stream = sys.stderr if progress_stream is None else progress_stream
+      tty = hasattr(stream, "isatty") and stream.isatty()
+      progress = Progress(total_steps, desc, initial=min(step, total_steps), stream=stream,
+                          min_interval=0.5 if tty else 15.0)  # Logs: a line per 15 s.
+    pending, pending_steps, interval = [], [], []
+    interval_seconds = 0.0
+    interrupted = False
+    t_last = time.perf_counter()
+    while todo and step < total_steps:
+      bounds = [total_steps]
+      for every in (eval_every, checkpoint_every):
+        if every:
+          bounds.append((step // every + 1) * every)
+      if stop_after is not None and stop_after > step:
+        bounds.append(stop_after)
+      nxt = min(bounds)
+      state, ms = advance(state, step, nxt - step)
+      ms = [ms] if isinstance(ms, Mapping) else list(ms)
+      pending += ms
+      pending_steps += [nxt] if len(ms) == 1 else list(range(step + 1, nxt + 1))
+      progress.update(nxt - step)
+      step = nxt
+      end = step == total_steps
+      is_eval = end or (eval_every and step % eval_every == 0)
+      is_stop = stop_after is not None and step >= stop_after and not end
+      is_ckpt = (end or is_stop or (checkpoint_every and step % checkpoint_every == 0)
+                 or (not checkpoint_every and is_eval))
+      if not (is_eval or is_ckpt):
+        continue
+      host = jax.device_get(pending)
+      elapsed = time.perf_counter() - t_last
+      meta["train_seconds"] += elapsed
+      interval_seconds += elapsed
+      bad = check(host)
+      if bad is not None:
+        diverged = divergence(pending_steps[bad[0]], bad[1])
+        break
+      interval += host
+      pending, pending_steps = [], []
+      entry = None
+      if is_eval:
+        entry = run_eval(step, interval, interval_seconds)
+        interval, interval_seconds = [], 0.0
+        history.append(entry)
+        bad = check([{k: v for k, v in entry.items() if isinstance(v, float)}])
+        if bad is not None:
+          diverged = divergence(step, "evaluation " + bad[1])
+          break
+        if es is not None:
+          improved = es.update(len(history) - 1, entry[monitor])
+          entry["best_so_far"] = es.best_epoch
+          if improved:
+            best_params = jax.tree.map(np.array, params_of(state))  # a copy: state may be donated
+            if best_ckpt is not None:
+              best_ckpt.save(step, params_of(state))
+      write_history()  # Best params, then the history that points at them, then the state.
+      if is_ckpt and not ckpt.save(step, state, meta={"history": history, "meta": meta}):
+        diverged = divergence(step, "training state (the checkpoint was refused)")
+        break
+      if postfix is not None:
+        progress.update(0, postfix=postfix(state, step, entry), force=True)
+      if es is not None and es.should_stop:
+        stopped = True
+        log(f"[{desc}] early stop at step {step}: no improvement in {monitor} for"
+            f" {early_stopping.patience} evaluations")
+        break
+      if is_stop:
+        interrupted = True
+        break
+      t_last = time.perf_counter()
+    if diverged is not None and todo:
+      log(f"[{desc}] {diverged['message']}")
+    if own_progress:
+      progress.close()
+    write_history()
+  finally:
+    ckpt.close()
+    if best_ckpt is not None:
+      best_ckpt.close()
+  return FitResult(state, history, meta, diverged, stopped, es, best_params, interrupted,
+                   resumed_from)

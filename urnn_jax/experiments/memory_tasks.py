@@ -1,11 +1,14 @@
 """Long-memory tasks (seed 002): RNN vs uRNN vs LSTM/GRU, and gradient diagnostics.
 
 The logic behind ``python -m train.memory_tasks``. One *run* is a task at one
-length; it trains every requested model on the same stream of batches and
-writes, under ``workdir/<task>_L<length>/``:
+length; it trains every requested model (any name of the registry
+:data:`urnn_jax.registry.MODELS`) on the same stream of batches and writes,
+under ``workdir/<task>_L<length>/``:
 
-* ``config.json``: the run's configuration (a resumed run must match it);
-* ``<model>/checkpoints/``: orbax checkpoints of the :class:`TrainState`;
+* ``config.json``: the run's configuration (a resumed run must match it:
+  :func:`urnn_jax.training.prepare_run_dir`);
+* ``<model>/checkpoints/``: orbax checkpoints of the :class:`TrainState`,
+  each with the evaluation history up to its step;
 * ``<model>/history.json``: the evaluation curve (step, loss, accuracy, ...);
 * ``results.json``, ``results.csv``, ``results.md``: the final table, with
   the task's memoryless baseline;
@@ -18,31 +21,13 @@ Determinism: batch ``s`` is drawn from ``fold_in(data_key, s)``, the
 parameters from ``fold_in(init_key, crc32(model))``, the evaluation set from
 a fixed key; so a run is a function of ``(config, seed)``, the same for
 every model list, and a resumed run continues exactly where it stopped.
-
-Models (``MODELS``):
-
-=====================  =======================================================
-``rnn``                :class:`~urnn_jax.RNNCell`, free W (Haar init by
-                       default, see ``rnn_init``), plain optimiser.
-``urnn``               :class:`~urnn_jax.OrthogonalRNNCell`; the optimiser's
-                       step, then the SVD projection onto the orthogonal
-                       group (:func:`urnn_jax.optim.orthogonal_projection`).
-``urnn_cayley``        the step, then the Cayley retraction.
-``urnn_expm``          the step, then the matrix-exponential retraction
-                       W <- exp(A) W (seed 002's update).
-``urnn_param_expm``    W = base expm(skew(A)) inside the cell (expRNN style).
-``urnn_param_cayley``  W = base cayley(skew(A)) inside the cell.
-``lstm``, ``gru``      flax's ``LSTMCell`` / ``GRUCell``.
-=====================  =======================================================
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
-import sys
 import time
 import zlib
 from typing import Any, Callable, NamedTuple, Sequence
@@ -54,15 +39,12 @@ import numpy as np
 import optax
 
 from urnn_jax import diagnostics
-from urnn_jax import initializers as inits
-from urnn_jax import optim
+from urnn_jax import models as registry
 from urnn_jax import orthogonal
 from urnn_jax import training
-from urnn_jax.cells import OrthogonalRNNCell, RNNCell
 from urnn_jax.data import memory
-from urnn_jax.experiments import system_id
 from urnn_jax.recurrent import LastStateClassifier, SequenceRegressor
-from urnn_jax.rnn import RNNParams
+from urnn_jax.rnn import ACTIVATIONS, RNNParams
 
 PyTree = Any
 
@@ -71,13 +53,21 @@ PyTree = Any
 # Configuration.
 
 
-NOT_COMPARED = ("models", "steps", "diagnostics")  # "steps" is compared when the schedule spans it
+# Fields that may change when a run is resumed ("steps" is compared when the schedule spans it).
+RESUMABLE = ("models", "steps", "diagnostics")
 
 # Recall (first_term, copy) needs only a linear recurrence: an orthogonal linear
 # RNN is the classic exact solution (Henaff et al. 2016), and it needs n >= T
 # states to recall a term T steps back. Comparing (kth_highest) and
 # multiplying by a marker (adding) need a nonlinearity.
 DEFAULT_ACTIVATION = {"first_term": "identity", "copy": "identity", "kth_highest": "relu", "adding": "relu"}
+
+
+def _f(default, help_text, choices=None):
+  meta = {"help": help_text}
+  if choices is not None:
+    meta["choices"] = choices
+  return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,35 +80,47 @@ class Config:
   ``steps``, so ``steps`` must match too.
   """
 
-  task: str = "first_term"
-  length: int = 20
-  models: tuple[str, ...] = ("rnn", "urnn_expm", "lstm")
-  hidden: int = 128
-  activation: str | None = None  # None: DEFAULT_ACTIVATION[task]
-  rnn_init: str = "haar"
-  optimizer: str = "adam"
-  learning_rate: float = 1e-3
-  recurrent_learning_rate: float | None = None  # eq. (1) models' W (or A); None: learning_rate
-  lr_schedule: str = "constant"  # or "cosine": decay to 0 over `steps`
-  grad_clip: float = 1.0
-  reproject_every: int = 0  # Retractions (urnn_cayley, urnn_expm): project W every k steps; 0 = never.
-  batch_size: int = 64
-  steps: int = 1000
-  eval_every: int = 100
-  eval_size: int = 1000
-  eval_batch: int = 500
-  checkpoint_every: int = 200
-  seed: int = 0
-  num_values: int | None = None
-  k: int | None = None
-  diagnostics_batch: int = 32
-  diagnostics: bool = True
+  task: str = _f("first_term", "Task.", sorted(memory.TASKS))
+  length: int = _f(20, "Sequence length T (copy: the number of blanks).")
+  models: tuple[str, ...] = _f(("rnn", "urnn_expm", "lstm"), "Models, names of urnn_jax.registry.MODELS.",
+                               list(registry.MODELS))
+  hidden: int = _f(128, "Hidden size n (all models).")
+  activation: str | None = _f(None, f"Activation of the eq. (1) cells; default per task: {DEFAULT_ACTIVATION}.",
+                              sorted(ACTIVATIONS))
+  rnn_init: str = _f("haar", "Initialiser of the free RNN's W.", sorted(registry.RNN_INITS))
+  optimizer: str = _f("adam", "Optimiser (all models).", sorted(training.OPTIMIZERS))
+  learning_rate: float = _f(1e-3, "Learning rate.")
+  recurrent_learning_rate: float | None = _f(
+      None, "Learning rate of the recurrent matrix of the eq. (1) models (W, or the generator A of"
+      " urnn_param_*), expRNN's 'orthogonal lr'; default: --learning_rate. LSTM / GRU use"
+      " --learning_rate throughout.")
+  lr_schedule: str = _f("constant", "Learning rate (both rates): constant, or cosine decay to 0 over --steps.",
+                        list(training.LR_SCHEDULES))
+  grad_clip: float = _f(1.0, "Clip gradients to this global norm (0: off).")
+  reproject_every: int = _f(0, "urnn_cayley/urnn_expm: also project W onto the orthogonal group every this"
+                            " many steps, removing float32 drift (0: never).")
+  batch_size: int = _f(64, "Training batch size.")
+  steps: int = _f(1000, "Training steps per model.")
+  eval_every: int = _f(100, "Evaluate every this many steps.")
+  eval_size: int = _f(1000, "Held-out evaluation sequences.")
+  eval_batch: int = _f(500, "Evaluation chunk size.")
+  checkpoint_every: int = _f(200, "Checkpoint every this many steps (0: at every evaluation).")
+  seed: int = _f(0, "Seed of data, initialisation and evaluation set.")
+  num_values: int | None = _f(None, "first_term / kth_highest: values per term (default 10 / 100).")
+  k: int | None = _f(None, "kth_highest: k (default 3).")
+  diagnostics_batch: int = _f(32, "Sequences averaged in the gradient norms.")
+  diagnostics: bool = _f(True, "Gradient norms ||dL/dh(k)|| and the Jacobian bound check for the eq. (1) models.")
 
   def resolved(self) -> "Config":
     """This config with ``activation`` filled in from :data:`DEFAULT_ACTIVATION`."""
     if self.activation is not None:
       return self
     return dataclasses.replace(self, activation=DEFAULT_ACTIVATION.get(self.task, "relu"))
+
+  def model_options(self) -> registry.ModelOptions:
+    c = self.resolved()
+    return registry.ModelOptions(hidden=c.hidden, activation=c.activation, rnn_init=c.rnn_init,
+                               reproject_every=c.reproject_every)
 
   def task_options(self) -> dict:
     opts = {}
@@ -135,37 +137,26 @@ class Config:
     """Whether the learning-rate schedule depends on ``steps`` (any but constant)."""
     return self.lr_schedule != "constant"
 
-  def comparable(self) -> dict:
-    """The fields a resumed run must share with the saved one."""
-    d = dataclasses.asdict(self)
-    for key in NOT_COMPARED:
-      if not (key == "steps" and self.schedule_spans_steps()):
-        d.pop(key)
-    return d
+  def resumable(self) -> tuple[str, ...]:
+    """The fields a resumed run may change."""
+    return tuple(k for k in RESUMABLE if not (k == "steps" and self.schedule_spans_steps()))
 
   def validate(self) -> None:
     if self.task not in memory.TASKS:
       raise ValueError(f"task={self.task!r}; expected one of {sorted(memory.TASKS)}.")
-    unknown = [m for m in self.models if m not in MODELS]
-    if unknown or not self.models:
-      raise ValueError(f"models={list(self.models)}: unknown {unknown}; expected some of {list(MODELS)}.")
-    if len(set(self.models)) != len(self.models):
-      raise ValueError(f"models={list(self.models)} has duplicates.")
-    if self.activation is not None and self.activation not in ("relu", "tanh", "sigmoid", "identity", "leaky_relu", "abs"):
-      raise ValueError(f"activation={self.activation!r} is not an eq. (1) activation.")
-    if self.rnn_init not in RNN_INITS:
-      raise ValueError(f"rnn_init={self.rnn_init!r}; expected one of {sorted(RNN_INITS)}.")
+    registry.check_names(self.models)
     for name in ("length", "hidden", "batch_size", "steps", "eval_every", "eval_size", "eval_batch",
-                 "checkpoint_every", "diagnostics_batch"):
+                 "diagnostics_batch"):
       v = getattr(self, name)
-      if not isinstance(v, int) or v < 1:
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}.")
+    if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+      raise ValueError(f"checkpoint_every must be an int >= 0 (0: at every evaluation), got {self.checkpoint_every!r}.")
+    self.model_options().validate()  # activation, rnn_init, reproject_every
     # Validates optimizer, learning_rate, recurrent_learning_rate, grad_clip and lr_schedule.
     training.make_optimizer(self.optimizer, self.learning_rate, grad_clip=self.grad_clip,
                             lr_schedule=self.lr_schedule, total_steps=self.steps,
                             recurrent_learning_rate=self.recurrent_learning_rate)
-    if not isinstance(self.reproject_every, int) or self.reproject_every < 0:
-      raise ValueError(f"reproject_every must be an int >= 0 (0 = off), got {self.reproject_every!r}.")
     if self.eval_size % min(self.eval_batch, self.eval_size):
       raise ValueError(f"eval_size={self.eval_size} must be a multiple of eval_batch={self.eval_batch}.")
     memory.get_task(self.task, **self.task_options())  # Validates task options.
@@ -174,89 +165,27 @@ class Config:
 # ----------------------------------------------------------------------------
 # Models and optimisers.
 
-RNN_INITS: dict[str, Callable[[], Callable]] = {
-    "haar": inits.haar,
-    "identity": inits.identity,
-    "lecun_normal": nn.initializers.lecun_normal,
-    "henaff": inits.henaff,
-}
-
-# The binaries' shared optimiser table (urnn_jax.training).
-OPTIMIZERS = training.OPTIMIZERS
-
-
-class ModelSpec(NamedTuple):
-  """How to build a model: its cell, and the constraint after the optimiser."""
-
-  cell: Callable[[Config], nn.RNNCellBase]
-  constraint: Callable[[Config], optax.GradientTransformation] | None
-  eq1: bool  # an eq. (1) cell (RNNCell / OrthogonalRNNCell): gradient diagnostics apply
-  description: str
-
-
-MODELS: dict[str, ModelSpec] = {
-    "rnn": ModelSpec(
-        lambda c: RNNCell(c.hidden, activation=c.activation, recurrent_kernel_init=RNN_INITS[c.rnn_init]()),
-        None,
-        True,
-        "RNN, free W",
-    ),
-    "urnn": ModelSpec(
-        lambda c: OrthogonalRNNCell(c.hidden, activation=c.activation),
-        lambda c: system_id.make_constraint("projection"),
-        True,
-        "uRNN, SVD projection after each step",
-    ),
-    "urnn_cayley": ModelSpec(
-        lambda c: OrthogonalRNNCell(c.hidden, activation=c.activation),
-        lambda c: system_id.make_constraint("cayley", reproject_every=c.reproject_every or None),
-        True,
-        "uRNN, Cayley retraction",
-    ),
-    "urnn_expm": ModelSpec(
-        lambda c: OrthogonalRNNCell(c.hidden, activation=c.activation),
-        lambda c: system_id.make_constraint("expm", reproject_every=c.reproject_every or None),
-        True,
-        "uRNN, W <- exp(A) W (seed 002)",
-    ),
-    "urnn_param_expm": ModelSpec(
-        lambda c: OrthogonalRNNCell(c.hidden, activation=c.activation, parametrization="expm"),
-        None,
-        True,
-        "uRNN, W = base expm(skew(A)) (expRNN)",
-    ),
-    "urnn_param_cayley": ModelSpec(
-        lambda c: OrthogonalRNNCell(c.hidden, activation=c.activation, parametrization="cayley"),
-        None,
-        True,
-        "uRNN, W = base cayley(skew(A))",
-    ),
-    "lstm": ModelSpec(lambda c: nn.LSTMCell(c.hidden), None, False, "LSTM"),
-    "gru": ModelSpec(lambda c: nn.GRUCell(c.hidden), None, False, "GRU"),
-}
-
 
 def make_model(config: Config, model: str, task: memory.MemoryTask) -> nn.Module:
   """The Flax model for ``model`` on ``task``: a per-step or last-state head."""
-  cell = MODELS[model].cell(config.resolved())
+  cell = registry.make_cell(model, config.model_options())
   if task.kind == "seq_class":
     return SequenceRegressor(cell, task.output_size, use_bias=True)
   return LastStateClassifier(cell, task.output_size)
 
 
 def make_optimizer(config: Config, model: str) -> optax.GradientTransformation:
-  """Clip (optional), the optimiser, then the model's constraint on ``recurrent_kernel``.
+  """Clip (optional), the optimiser, then the model's constraint on the recurrent matrix.
 
   ``config.recurrent_learning_rate`` applies to the eq. (1) models' recurrent
   matrix (W, or the generator A of a parametrised cell); LSTM and GRU have no
   single recurrent matrix and train every parameter at ``learning_rate``.
   """
-  recurrent_lr = config.recurrent_learning_rate if MODELS[model].eq1 else None
+  recurrent_lr = config.recurrent_learning_rate if registry.get(model).eq1 else None
   tx = training.make_optimizer(config.optimizer, config.learning_rate, grad_clip=config.grad_clip,
                                lr_schedule=config.lr_schedule, total_steps=config.steps,
                                recurrent_learning_rate=recurrent_lr)
-  constraint = MODELS[model].constraint
-  return tx if constraint is None else optim.constrained(tx, constraint(config))
+  return registry.make_tx(model, tx, config.model_options())
 
 
 def model_seed(model: str) -> int:
@@ -298,7 +227,7 @@ def head_loss_fn(task: memory.MemoryTask, params: PyTree, targets) -> Callable:
 
 @functools.lru_cache(maxsize=None)
 def _eq1_fn(config: Config, model: str):
-  cell = MODELS[model].cell(config.resolved())
+  cell = registry.make_cell(model, config.model_options())
 
   def fn(cell_vars):
     kernel = cell.apply(cell_vars, method=lambda m: m.transition_kernel())
@@ -312,7 +241,7 @@ def _eq1_fn(config: Config, model: str):
 
 def eq1_params(config: Config, model: str, variables: PyTree) -> RNNParams:
   """RNNParams (W, F, b) of an eq. (1) model's cell (C = I, h0 = 0)."""
-  if not MODELS[model].eq1:
+  if not registry.get(model).eq1:
     raise ValueError(f"eq1_params: model {model!r} is not an eq. (1) RNN.")
   cell_vars = {"params": variables["params"]["rnn"]["cell"]}
   if "constants" in variables:
@@ -349,23 +278,26 @@ def build(config: Config, model: str, task: memory.MemoryTask) -> Run:
 
 
 def make_steps(config: Config, task: memory.MemoryTask, run: Run):
-  """Jittable ``train_step(state) -> (state, metrics)`` and ``eval_step(params, x, y)``."""
+  """Jittable ``train_step(state) -> (state, metrics)`` and ``eval_step(params, x, y)``.
+
+  The train step is :func:`urnn_jax.training.make_train_step` on the batch
+  of step ``state.step``, drawn inside the step.
+  """
   data_key = _keys(config.seed)[1]
 
-  def loss_fn(params, x, y):
+  def loss_fn(params, batch):
+    x, y = batch
     out = run.model.apply({"params": params, **run.constants}, x)
     return task_loss(task, out, y)
 
+  step = training.make_train_step(loss_fn, run.tx)
+
   def train_step(state: training.TrainState):
-    x, y = task.sample(jax.random.fold_in(data_key, state.step), config.batch_size, config.length)
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, y)
-    updates, opt_state = run.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-    return training.TrainState(state.step + 1, params, opt_state), metrics
+    batch = task.sample(jax.random.fold_in(data_key, state.step), config.batch_size, config.length)
+    return step(state, batch)
 
   def eval_step(params, x, y):
-    return loss_fn(params, x, y)[1]
+    return loss_fn(params, (x, y))[1]
 
   return train_step, eval_step
 
@@ -385,7 +317,7 @@ def evaluate(eval_fn, params, chunks) -> dict:
 
 def orthogonality(config: Config, model: str, run: Run, params) -> float | None:
   """||W^T W - I||_F of an eq. (1) model's transition matrix."""
-  if not MODELS[model].eq1:
+  if not registry.get(model).eq1:
     return None
   theta = eq1_params(config, model, {"params": params, **run.constants})
   return float(orthogonal.orthogonality_error(theta.W))
@@ -413,15 +345,12 @@ def _prepare(config: Config, model: str):
   return task, run, compiled
 
 
-def _history_path(model_dir: str) -> str:
-  return os.path.join(model_dir, "history.json")
+def train_model(config: Config, model: str, workdir: str, *, log=print, progress_stream=None,
+                stop_after: int | None = None) -> dict:
+  """Trains (or resumes) one model with :func:`urnn_jax.training.fit`; returns its summary and history.
 
-
-def train_model(config: Config, model: str, workdir: str, *, log=print, progress_stream=None) -> dict:
-  """Trains (or resumes) one model; returns its summary and history.
-
-  Resumes from the latest checkpoint in ``workdir/<model>/checkpoints``; the
-  evaluation history is kept beside it and truncated to the restored step.
+  Resumes from the latest checkpoint in ``workdir/<model>/checkpoints``, which
+  holds the evaluation history up to its step.
   """
   config = config.resolved()
   # The compile cache key: the fields that change the compiled steps (steps only
@@ -430,86 +359,46 @@ def train_model(config: Config, model: str, workdir: str, *, log=print, progress
                             diagnostics=True, eval_every=1, checkpoint_every=1)
   task, run, compiled = _prepare(key, model)
   model_dir = os.path.join(workdir, model)
-  state = training.create_train_state(run.init_params, run.tx)
 
-  ckpt = training.Checkpoints(os.path.join(model_dir, "checkpoints"), max_to_keep=2)
-  try:
-    history: list[dict] = []
-    meta = {"train_seconds": 0.0, "compile_seconds": None}
-    start = ckpt.latest_step()
-    if start is not None:
-      if start > config.steps:
-        raise ValueError(
-            f"{model}: the checkpoint in {model_dir} is at step {start} > steps={config.steps};"
-            " use a larger --steps or a fresh --workdir."
-        )
-      state = ckpt.restore(state)
-      saved = training.read_json(_history_path(model_dir)) if os.path.exists(_history_path(model_dir)) else {}
-      history = [h for h in saved.get("history", []) if h["step"] <= start]
-      meta.update({k: saved[k] for k in ("train_seconds", "compile_seconds") if k in saved})
-      log(f"[{config.run_name()}/{model}] resumed from step {start}")
-    start = int(state.step)
+  def advance(state, start, count):
+    return training.stepwise(compiled()[0])(state, start, count)
 
-    if start < config.steps:
-      step_fn, eval_fn, chunks, compile_seconds = compiled()
-      if meta["compile_seconds"] is None:
-        meta["compile_seconds"] = compile_seconds
+  def evaluate_state(state):
+    step_fn, eval_fn, chunks, _ = compiled()
+    ev = evaluate(eval_fn, state.params, chunks)
+    return {**{f"eval_{k}": v for k, v in ev.items()},
+            "orthogonality_error": orthogonality(config, model, run, state.params)}
 
-    def record(step, params, train_metrics):
-      ev = evaluate(eval_fn, params, chunks)
-      training.check_finite(ev, where=f"{model} step {step}")
-      entry = {"step": step, **{f"eval_{k}": v for k, v in ev.items()}}
-      if train_metrics is not None:
-        entry.update({f"train_{k}": float(v) for k, v in train_metrics.items()})
-      entry["orthogonality_error"] = orthogonality(config, model, run, params)
-      history.append(entry)
-      return entry
-
-    def save(step):
-      ckpt.save(step, state)
-      training.write_json(_history_path(model_dir), {"model": model, "history": history, **meta})
-
-    if start == 0:
-      record(0, state.params, None)
-    stream = sys.stderr if progress_stream is None else progress_stream
-    tty = hasattr(stream, "isatty") and stream.isatty()
-    progress = training.Progress(config.steps, f"{config.run_name()} {model}", initial=start,
-                                 stream=stream, min_interval=0.5 if tty else 15.0)
-    t_last = time.perf_counter()
-    metrics = None
-    for step in range(start, config.steps):
-      state, metrics = step_fn(state)
-      done = step + 1
-      evaluated = done % config.eval_every == 0 or done == config.steps
-      if evaluated:
-        metrics = jax.device_get(metrics)
-        training.check_finite(metrics, where=f"{model} step {done}")
-        meta["train_seconds"] += time.perf_counter() - t_last
-        entry = record(done, state.params, metrics)
-        progress.postfix = _score_str(task, entry)
-      if done % config.checkpoint_every == 0 or done == config.steps:
-        if not evaluated:
-          jax.block_until_ready(state)
-          meta["train_seconds"] += time.perf_counter() - t_last
-        save(done)
-        evaluated = True
-      if evaluated:
-        t_last = time.perf_counter()
-      progress.update(1, force=evaluated)
-    progress.close()
-    if not history:
-      raise RuntimeError(f"{model}: checkpoint at step {start} but no history in {model_dir}.")
-  finally:
-    ckpt.close()
-
+  out = training.fit(
+      training.create_train_state(run.init_params, run.tx),
+      advance,
+      total_steps=config.steps,
+      checkpoint_dir=os.path.join(model_dir, "checkpoints"),
+      history_path=os.path.join(model_dir, "history.json"),
+      eval_every=config.eval_every,
+      checkpoint_every=config.checkpoint_every,
+      evaluate=evaluate_state,
+      eval_at_start=True,
+      compile=lambda: compiled()[3],
+      postfix=lambda state, step, entry: _score_str(task, entry) if entry else None,
+      desc=f"{config.run_name()}/{model}",
+      log=log,
+      progress_stream=progress_stream,
+      stop_after=stop_after,
+  )
+  if out.diverged is not None:
+    raise training.DivergenceError(f"{model}: {out.diverged['message']}")
+  history, state = out.history, out.state
+  if not history:
+    raise RuntimeError(f"{model}: checkpoint at step {int(state.step)} but no history in {model_dir}.")
   final = history[-1]
   summary = {
       "model": model,
-      "description": MODELS[model].description,
+      "description": registry.get(model).description,
       "steps": int(state.step),
       "eval_loss": final["eval_loss"],
-      "train_seconds": meta["train_seconds"],
-      "compile_seconds": meta["compile_seconds"],
+      "train_seconds": out.meta["train_seconds"],
+      "compile_seconds": out.meta["compile_seconds"],
       "orthogonality_error": final["orthogonality_error"],
       "num_params": int(sum(np.size(x) for x in jax.tree.leaves(state.params))),
   }
@@ -518,7 +407,8 @@ def train_model(config: Config, model: str, workdir: str, *, log=print, progress
   else:
     summary["eval_accuracy"] = final["eval_accuracy"]
     summary["best_eval_accuracy"] = max(h["eval_accuracy"] for h in history)
-  return {"summary": summary, "history": history, "params": state.params, "run": run}
+  return {"summary": summary, "history": history, "params": state.params, "run": run,
+          "interrupted": out.interrupted}
 
 
 def _score_str(task, entry) -> str:
@@ -622,32 +512,13 @@ def plot_gradient_norms(path: str, config: Config, norms: dict):
 # A run: all models for one (task, length).
 
 
-def _check_config(config: Config, run_dir: str):
-  path = os.path.join(run_dir, "config.json")
-  if os.path.exists(path):
-    saved = training.read_json(path)
-    current = training.to_jsonable(config.comparable())
-    # A field the saved run predates is taken at its default.
-    defaults = training.to_jsonable(dataclasses.asdict(Config()))
-    saved_cmp = {k: saved.get(k, defaults.get(k)) for k in current}
-    diff = sorted(k for k in current if current[k] != saved_cmp[k])
-    if diff:
-      detail = ", ".join(f"{k}: saved {saved_cmp[k]!r} vs now {current[k]!r}" for k in diff)
-      raise ValueError(
-          f"{run_dir} holds a run with a different configuration ({detail}). Use another"
-          " --workdir, or the saved flags to resume."
-      )
-  training.write_json(path, dataclasses.asdict(config))
-
-
 def run_experiment(config: Config, workdir: str, *, log=print, progress_stream=None) -> dict:
   """Trains all of ``config.models`` on one (task, length); writes tables and plots."""
   config.validate()
   config = config.resolved()
   task = memory.get_task(config.task, **config.task_options())
   run_dir = os.path.join(workdir, config.run_name())
-  os.makedirs(run_dir, exist_ok=True)
-  _check_config(config, run_dir)
+  training.prepare_run_dir(run_dir, config, resumable=config.resumable())
   baseline = task.baseline(config.length)
 
   rows, histories, grad, bounds = [], {}, {}, {}
@@ -658,12 +529,12 @@ def run_experiment(config: Config, workdir: str, *, log=print, progress_stream=N
       # Report it and go on with the other models; the last good checkpoint is kept.
       log(f"[{config.run_name()}/{model}] {e}")
       rows.append({"task": config.task, "length": config.length, "model": model,
-                   "description": MODELS[model].description, "diverged": str(e)})
+                   "description": registry.get(model).description, "diverged": str(e)})
       continue
     row = {"task": config.task, "length": config.length, **out["summary"]}
     rows.append(row)
     histories[model] = out["history"]
-    if MODELS[model].eq1 and config.diagnostics:
+    if registry.get(model).eq1 and config.diagnostics:
       run = out["run"]
       grad[model] = {
           "init": gradient_norms(config, model, run, run.init_params, task),
@@ -706,22 +577,17 @@ def summary_table(workdir: str) -> str:
   Entries are eval accuracy in % (MSE for ``adding``), with the memoryless
   baseline as the last row, and the training wall time per cell.
   """
-  runs = []
-  if os.path.isdir(workdir):
-    for name in sorted(os.listdir(workdir)):
-      path = os.path.join(workdir, name, "results.json")
-      if os.path.exists(path):
-        runs.append(training.read_json(path))
+  runs = training.collect_json(workdir)
   out = []
   for task_name in memory.TASKS:
     rs = [r for r in runs if r["config"]["task"] == task_name]
     if not rs:
       continue
     lengths = sorted({r["config"]["length"] for r in rs})
-    models = [m for m in MODELS if any(row["model"] == m for r in rs for row in r["results"])]
+    names = [m for m in registry.MODELS if any(row["model"] == m for r in rs for row in r["results"])]
     regression = task_name == "adding"
     table_rows = []
-    for m in models:
+    for m in names:
       row = {"model": m}
       for r in rs:
         for res in r["results"]:

@@ -1,0 +1,162 @@
+"""absl flags generated from an experiment's config dataclass, and back.
+
+Each binary's flags are its ``Config``'s fields: one flag per field, with the
+field's default, type and help (``dataclasses.field(metadata={"help": ...,
+"choices": ...})``), so a field is declared once. Fields named in ``sweep``
+become comma-separated list flags, and :func:`configs_from_flags` returns one
+config per combination of their values (``--length=20,50,100``).
+
+    >>> import dataclasses
+    >>> from absl import flags
+    >>> from urnn_jax import config as config_lib
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Config:
+    ...   hidden: int = dataclasses.field(default=8, metadata={"help": "Hidden size."})
+    ...   models: tuple[str, ...] = ("rnn",)
+    ...   rate: float | None = None
+    >>> fv = flags.FlagValues()
+    >>> config_lib.define_flags(Config, flag_values=fv, sweep=("hidden",))
+    >>> _ = fv(["prog", "--hidden=4,16", "--models=rnn,urnn"])
+    >>> [c.hidden for c in config_lib.configs_from_flags(Config, fv, sweep=("hidden",))]
+    [4, 16]
+    >>> config_lib.configs_from_flags(Config, fv, sweep=("hidden",))[0].models
+    ('rnn', 'urnn')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Mapping, Sequence
+
+from absl import flags
+
+_SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _field_kind(field: dataclasses.Field) -> tuple[str, bool]:
+  """``(kind, optional)``: kind is int/float/str/bool, or ``tuple[int]``/``tuple[str]``."""
+  ann = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+  ann = ann.replace(" ", "")
+  optional = ann.endswith("|None") or ann.startswith("Optional[")
+  ann = ann.removesuffix("|None")
+  if ann.startswith("Optional["):
+    ann = ann[len("Optional["):-1]
+  if ann.startswith("tuple["):
+    inner = ann[len("tuple["):].split(",")[0].rstrip("]")
+    return f"tuple[{inner}]", optional
+  if ann not in _SCALARS:
+    raise TypeError(f"config field {field.name!r}: unsupported type {field.type!r} for a flag.")
+  return ann, optional
+
+
+def _default(field: dataclasses.Field):
+  if field.default is not dataclasses.MISSING:
+    return field.default
+  if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+    return field.default_factory()  # type: ignore[misc]
+  return None
+
+
+def define_flags(
+    config_cls,
+    *,
+    flag_values: flags.FlagValues = flags.FLAGS,
+    sweep: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, str] | None = None,
+) -> None:
+  """Defines one absl flag per field of the dataclass ``config_cls``.
+
+  ``sweep``: fields defined as list flags (one config per value);
+  ``skip``: fields without a flag; ``defaults``: flag defaults that differ
+  from the field defaults; ``aliases``: ``{old_name: field}``, older flag
+  names kept working.
+  """
+  defaults = dict(defaults or {})
+  for field in dataclasses.fields(config_cls):
+    if field.name in skip:
+      continue
+    kind, _ = _field_kind(field)
+    default = defaults.get(field.name, _default(field))
+    help_text = field.metadata.get("help", field.name.replace("_", " ") + ".")
+    choices = field.metadata.get("choices")
+    name = field.name
+    if field.name in sweep or kind.startswith("tuple["):
+      values = default if isinstance(default, (list, tuple)) else ([] if default is None else [default])
+      flags.DEFINE_list(name, [str(v) for v in values], help_text
+                        + (f" Some of {list(choices)}." if choices else "")
+                        + (" Comma-separated: one run per value." if field.name in sweep else ""),
+                        flag_values=flag_values)
+    elif kind == "bool":
+      flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
+    elif kind == "int":
+      flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+    elif kind == "float":
+      flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+    elif choices:
+      flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=flag_values)
+    else:
+      flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+  for old, new in (aliases or {}).items():
+    flags.DEFINE_alias(old, new, flag_values=flag_values)
+
+
+class FlagError(ValueError):
+  """A flag's value cannot be converted to its config field."""
+
+
+def _convert(field: dataclasses.Field, kind: str, value, *, as_list: bool):
+  inner = kind[len("tuple["):-1] if kind.startswith("tuple[") else kind
+  cast = _SCALARS[inner]
+  if value is None:
+    return None
+  if not as_list:
+    return value
+  try:
+    return [cast(v) for v in value]
+  except ValueError:
+    raise FlagError(f"--{field.name} must be {inner} values, got {','.join(value)}.") from None
+
+
+def configs_from_flags(
+    config_cls,
+    flag_values: flags.FlagValues = flags.FLAGS,
+    *,
+    sweep: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    base=None,
+    only_present: bool = False,
+) -> list:
+  """One config per combination of the ``sweep`` flags' values (others fixed).
+
+  ``base``: the config whose values the flags replace (default:
+  ``config_cls()``); with ``only_present``, only flags given on the command
+  line replace them (a preset such as ``--paper`` keeps its values).
+
+  Raises:
+    FlagError: a flag's values cannot be converted (e.g. ``--length=a``).
+  """
+  base = config_cls() if base is None else base
+  fixed, swept = {}, {}
+  for field in dataclasses.fields(config_cls):
+    if field.name in skip:
+      continue
+    if only_present and not flag_values[field.name].present:
+      continue
+    kind, _ = _field_kind(field)
+    value = flag_values[field.name].value
+    if field.name in sweep:
+      values = _convert(field, kind, value, as_list=True)
+      if not values:
+        raise FlagError(f"--{field.name} needs at least one value.")
+      swept[field.name] = values
+    elif kind.startswith("tuple["):
+      fixed[field.name] = tuple(_convert(field, kind, value, as_list=True))
+    else:
+      fixed[field.name] = value
+  base = dataclasses.replace(base, **fixed)
+  names = list(swept)
+  return [dataclasses.replace(base, **dict(zip(names, combo)))
+          for combo in itertools.product(*(swept[n] for n in names))]

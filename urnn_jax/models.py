@@ -1,0 +1,204 @@
+"""The model registry: one table from a model name to its cell and its constraint.
+
+Every binary, benchmark and test builds its models from :data:`MODELS`, so a
+new model is one entry here, and it is then available to every experiment::
+
+    >>> from urnn_jax import models
+    >>> opts = models.ModelOptions(hidden=8, activation="relu")
+    >>> cell = models.make_cell("urnn_expm", opts)
+    >>> type(cell).__name__, cell.features
+    ('OrthogonalRNNCell', 8)
+    >>> models.get("contrnn").description
+    'ContRNN: singular values of W clipped to <= contraction after each step'
+
+An entry (:class:`ModelSpec`) says how to build the cell from the shared
+hyper-parameters (:class:`ModelOptions`) and which optax constraint, if any,
+runs after the optimiser's step (:func:`urnn_jax.optim.constrained` finds the
+recurrent matrix by its leaf name). The model itself never knows how it is
+optimised.
+
+=====================  ======================================================
+``rnn``                :class:`~urnn_jax.RNNCell`, free W (initialised by
+                       ``rnn_init``, Haar by default), plain optimiser.
+``urnn``               :class:`~urnn_jax.OrthogonalRNNCell`; after each step
+                       W is put back on the orthogonal group by
+                       ``constraint`` (``projection``: the SVD polar factor,
+                       the paper's; ``cayley`` / ``expm`` retractions).
+``urnn_cayley``        ``urnn`` with the Cayley retraction.
+``urnn_expm``          ``urnn`` with the matrix-exponential retraction
+                       W <- exp(A) W (seed 002's update).
+``urnn_param_expm``    W = base expm(skew(A)) inside the cell (expRNN style);
+                       no constraint needed.
+``urnn_param_cayley``  W = base cayley(skew(A)) inside the cell.
+``contrnn``            :class:`~urnn_jax.RNNCell` with the singular values of
+                       W clipped to ``contraction`` after each step.
+``lstm``, ``gru``      flax's ``LSTMCell`` / ``GRUCell``.
+=====================  ======================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, NamedTuple
+
+import flax.linen as nn
+import optax
+
+from urnn_jax import initializers as inits
+from urnn_jax import optim
+from urnn_jax.cells import OrthogonalRNNCell, RNNCell
+from urnn_jax.rnn import ACTIVATIONS
+
+# Initialisers of a free RNN's W, by name.
+RNN_INITS: dict[str, Callable[[], Callable]] = {
+    "haar": inits.haar,
+    "identity": inits.identity,
+    "lecun_normal": nn.initializers.lecun_normal,
+    "henaff": inits.henaff,
+}
+
+# The optimiser-side orthogonality constraints, by name (``urnn``'s ``constraint``).
+CONSTRAINTS = ("projection", "cayley", "expm")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+  """The hyper-parameters a registry entry may read.
+
+  Attributes:
+    hidden: the hidden size n (the LSTM's cell size).
+    activation: the eq. (1) cells' activation, a key of
+      :data:`urnn_jax.ACTIVATIONS`.
+    rnn_init: the free RNN's W initialiser, a key of :data:`RNN_INITS`.
+    constraint: ``urnn``'s constraint, one of :data:`CONSTRAINTS`.
+    reproject_every: for the retractions, also project W onto the group every
+      this many steps (removes float32 drift); 0: never.
+    contraction: ``contrnn``'s largest allowed singular value of W.
+  """
+
+  hidden: int
+  activation: str = "relu"
+  rnn_init: str = "haar"
+  constraint: str = "projection"
+  reproject_every: int = 0
+  contraction: float = 1.0
+
+  def validate(self) -> None:
+    """Raises ValueError naming the first bad field."""
+    if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
+      raise ValueError(f"hidden must be a positive int, got {self.hidden!r}.")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation={self.activation!r}; expected one of {sorted(ACTIVATIONS)}.")
+    if self.rnn_init not in RNN_INITS:
+      raise ValueError(f"rnn_init={self.rnn_init!r}; expected one of {sorted(RNN_INITS)}.")
+    if self.constraint not in CONSTRAINTS:
+      raise ValueError(f"constraint={self.constraint!r}; expected one of {list(CONSTRAINTS)}.")
+    if (isinstance(self.reproject_every, bool) or not isinstance(self.reproject_every, int)
+        or self.reproject_every < 0):
+      raise ValueError(f"reproject_every must be an int >= 0 (0 = off), got {self.reproject_every!r}.")
+    if not (isinstance(self.contraction, (int, float)) and 0 < self.contraction < math.inf):
+      raise ValueError(f"contraction must be a finite number > 0, got {self.contraction!r}.")
+
+
+class ModelSpec(NamedTuple):
+  """One registry entry.
+
+  Attributes:
+    cell: ``ModelOptions -> flax.linen.RNNCellBase``.
+    constraint: ``ModelOptions -> optax.GradientTransformation`` run after the
+      optimiser on the recurrent matrix, or None.
+    eq1: an eq. (1) cell (h' = phi(W h + F x + b)): it has a single recurrent
+      matrix (its own learning rate applies), converts to
+      :class:`~urnn_jax.RNNParams`, and the gradient diagnostics apply.
+    orthogonal: W is orthogonal (by constraint or parametrisation); the
+      paper's "adjusted" hidden size of such a model is n / 2.
+    description: one line for tables.
+  """
+
+  cell: Callable[[ModelOptions], nn.RNNCellBase]
+  constraint: Callable[[ModelOptions], optax.GradientTransformation] | None
+  eq1: bool
+  orthogonal: bool
+  description: str
+
+
+def orthogonal_constraint(name: str, *, reproject_every: int = 0) -> optax.GradientTransformation:
+  """An orthogonality constraint by name (:data:`CONSTRAINTS`).
+
+  ``reproject_every``: for the retractions, also project W back onto the
+  group every that many steps (0: never); the projection lands on the group
+  every step and ignores it.
+  """
+  every = reproject_every or None
+  if name == "projection":
+    return optim.orthogonal_projection(method="svd")
+  if name == "cayley":
+    return optim.cayley_retraction(reproject_every=every)
+  if name == "expm":
+    return optim.expm_retraction(reproject_every=every)
+  raise ValueError(f"constraint={name!r}; expected one of {list(CONSTRAINTS)}.")
+
+
+def _rnn(o: ModelOptions) -> RNNCell:
+  return RNNCell(o.hidden, activation=o.activation, recurrent_kernel_init=RNN_INITS[o.rnn_init]())
+
+
+def _urnn(parametrization: str | None = None) -> Callable[[ModelOptions], OrthogonalRNNCell]:
+  return lambda o: OrthogonalRNNCell(o.hidden, activation=o.activation, parametrization=parametrization)
+
+
+def _retraction(name: str) -> Callable[[ModelOptions], optax.GradientTransformation]:
+  return lambda o: orthogonal_constraint(name, reproject_every=o.reproject_every)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "rnn": ModelSpec(_rnn, None, True, False, "RNN: free W"),
+    "urnn": ModelSpec(
+        _urnn(), lambda o: orthogonal_constraint(o.constraint, reproject_every=o.reproject_every),
+        True, True, "URNN: W orthogonal, kept by the constraint after each step (SVD projection by default)"),
+    "urnn_cayley": ModelSpec(_urnn(), _retraction("cayley"), True, True, "uRNN, Cayley retraction"),
+    "urnn_expm": ModelSpec(_urnn(), _retraction("expm"), True, True, "uRNN, W <- exp(A) W (seed 002)"),
+    "urnn_param_expm": ModelSpec(_urnn("expm"), None, True, True, "uRNN, W = base expm(skew(A)) (expRNN)"),
+    "urnn_param_cayley": ModelSpec(_urnn("cayley"), None, True, True, "uRNN, W = base cayley(skew(A))"),
+    "contrnn": ModelSpec(
+        _rnn, lambda o: optim.spectral_norm_projection(max_value=o.contraction), True, False,
+        "ContRNN: singular values of W clipped to <= contraction after each step"),
+    "lstm": ModelSpec(lambda o: nn.LSTMCell(o.hidden), None, False, False, "LSTM"),
+    "gru": ModelSpec(lambda o: nn.GRUCell(o.hidden), None, False, False, "GRU"),
+}
+
+
+def get(name: str, registry: dict[str, ModelSpec] | None = None) -> ModelSpec:
+  """The entry of ``name``; ValueError listing the known names otherwise."""
+  registry = MODELS if registry is None else registry
+  if not isinstance(name, str) or name not in registry:
+    raise ValueError(f"model={name!r}; expected one of {list(registry)}.")
+  return registry[name]
+
+
+def check_names(names, *, field: str = "models") -> tuple[str, ...]:
+  """``names`` as a tuple, checked: non-empty, known, no duplicates."""
+  names = tuple(names)
+  unknown = [m for m in names if m not in MODELS]
+  if unknown or not names:
+    raise ValueError(f"{field}={list(names)}: unknown {unknown}; expected some of {list(MODELS)}.")
+  if len(set(names)) != len(names):
+    raise ValueError(f"{field}={list(names)} has duplicates.")
+  return names
+
+
+def make_cell(name: str, options: ModelOptions) -> nn.RNNCellBase:
+  """The cell of model ``name``, built from ``options``."""
+  return get(name).cell(options)
+
+
+def make_tx(name: str, base: optax.GradientTransformation, options: ModelOptions) -> optax.GradientTransformation:
+  """``base`` followed by the model's constraint on the recurrent matrix (if any)."""
+  constraint = get(name).constraint
+  return base if constraint is None else optim.constrained(base, constraint(options))
+
+
+def adjusted_hidden(name: str, hidden: int) -> float:
+  """The paper's adjusted hidden size: n / 2 for an orthogonal model (Theorem 3.1), else n."""
+  return hidden / 2 if get(name).orthogonal else hidden
