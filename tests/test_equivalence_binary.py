@@ -1,4 +1,8 @@
-"""Runs ``python -m train.equivalence --quick`` end to end and checks its files."""
+"""Runs ``python -m train.equivalence --quick`` end to end and checks its files.
+
+The binary is a thin absl main over urnn_jax.experiments.equivalence (whose
+demonstrations are tested in test_equivalence.py).
+"""
 
 import csv
 import json
@@ -72,6 +76,15 @@ def test_results_hold_the_theorem_31_numbers(quick_run):
   # The printed table.
   assert "## Theorem 3.1" in stdout and "| n | URNN states |" in stdout
   assert "demonstration, not a proof" in stdout
+
+
+def test_tables_md_holds_every_table_and_is_what_was_printed(quick_run):
+  workdir, stdout = quick_run
+  text = (workdir / "tables.md").read_text()
+  for heading in ("## Theorem 3.1", "## The input bound is real", "## Theorem 3.2",
+                  "## Theorem 4.1"):
+    assert heading in text, heading
+  assert text in stdout
 
 
 def test_workdir_is_required():

@@ -1,4 +1,8 @@
-"""Tests for urnn_jax.theory: the paper's theorems as code (float64)."""
+"""Tests for urnn_jax.theory: the paper's constructions and bounds (float64).
+
+The demonstrations (fitted URNNs, the tables of ``train.equivalence``) are
+tested in test_equivalence.py.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -183,13 +187,6 @@ def test_inputs_above_the_bound_are_flagged_and_break_equivalence(x64):
     theory.check_input_bound(x, 1.0)
   assert theory.check_input_bound(x, 1.0, raise_error=False) == pytest.approx(3.0)
   assert theory.equivalent(params, u, x) > 10.0
-  demo = theory.bound_violation_demo()
-  assert demo["threshold_factor"] == pytest.approx(2 / np.sqrt(3))
-  for row in demo["rows"]:
-    if row["factor"] <= 1.0:
-      assert row["max_abs_dy"] == 0.0
-    if row["factor"] > demo["threshold_factor"]:
-      assert row["max_abs_dy"] > 0.1
 
 
 def test_similarity_identity_any_invertible_T(x64):
@@ -359,21 +356,6 @@ def test_near_equivalent_is_exact_for_one_channel(x64):
   x = _inputs(52, 1, 1.0, batch=4, steps=200)
   u = theory.near_equivalent_channel_urnn([0.5], 0.1)
   assert theory.equivalent(theory.channel_rnn([0.5]), u, x) < 1e-12
-
-
-def test_one_state_urnn_cannot_fit_scalar_relu_rnn(x64):
-  """Theorem 3.2's n = 1 case, as a demonstration: W = +-1 leaves a residual."""
-  target = theory.channel_rnn([0.5])
-  x_train = _inputs(61, 1, 1.0, batch=16, steps=32)
-  x_test = _inputs(62, 1, 1.0, batch=16, steps=32)
-  fit = theory.fit_urnn(target, 1, x_train, x_test, key=jax.random.PRNGKey(0),
-                        steps=300, restarts=4)
-  np.testing.assert_array_equal(fit.restart_det, [1.0, -1.0, 1.0, -1.0])
-  assert abs(abs(float(fit.params.W[0, 0])) - 1.0) < 1e-12
-  assert np.all(fit.restart_test_nmse > 0.1)
-  assert fit.history[-1] < fit.history[0]  # the optimiser did make progress
-  u = theory.unitary_equivalent(target, 1.0)
-  assert theory.equivalent(target, u, x_test) < 1e-12  # 2 states: exact
 
 
 def test_sigmoid_dilation_error_falls_like_exp_minus_b_but_is_never_zero(x64):
