@@ -219,25 +219,29 @@ def test_recurrent_learning_rate_reaches_the_recurrent_matrix_only():
     mt.Config(recurrent_learning_rate=0.0).validate()
 
 
+def _check_config(config, run_dir):
+  training.prepare_run_dir(run_dir, config, resumable=config.resumable())
+
+
 def test_config_check_under_a_cosine_schedule(tmp_path):
   """A constant-rate run may be extended (steps not compared); a cosine run spans its steps, so
   they must match; a config.json that predates a field reads it at its default."""
   base = mt.Config(task="first_term", length=4, steps=4)
-  mt._check_config(base, str(tmp_path / "const"))
-  mt._check_config(dataclasses.replace(base, steps=8), str(tmp_path / "const"))
+  _check_config(base, str(tmp_path / "const"))
+  _check_config(dataclasses.replace(base, steps=8), str(tmp_path / "const"))
   cosine = dataclasses.replace(base, lr_schedule="cosine")
-  mt._check_config(cosine, str(tmp_path / "cos"))
+  _check_config(cosine, str(tmp_path / "cos"))
   with pytest.raises(ValueError, match="different configuration.*steps: saved 4 vs now 8"):
-    mt._check_config(dataclasses.replace(cosine, steps=8), str(tmp_path / "cos"))
+    _check_config(dataclasses.replace(cosine, steps=8), str(tmp_path / "cos"))
   old = tmp_path / "old"
   old.mkdir()
   saved = dataclasses.asdict(base)
   for field in ("recurrent_learning_rate", "lr_schedule"):
     saved.pop(field)
   training.write_json(str(old / "config.json"), saved)
-  mt._check_config(base, str(old))
+  _check_config(base, str(old))
   with pytest.raises(ValueError, match="different configuration.*recurrent_learning_rate: saved None vs now 0.001"):
-    mt._check_config(dataclasses.replace(base, recurrent_learning_rate=1e-3), str(old))
+    _check_config(dataclasses.replace(base, recurrent_learning_rate=1e-3), str(old))
   with pytest.raises(ValueError, match="lr_schedule='linear'"):
     mt.Config(lr_schedule="linear").validate()
 

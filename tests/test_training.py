@@ -1,5 +1,6 @@
 """Tests for urnn_jax.training: checkpoints, divergence checks, progress, files."""
 
+import dataclasses
 import io
 import json
 import os
@@ -155,3 +156,164 @@ def test_make_optimizer_recurrent_learning_rate():
   got, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(got["cell"]["recurrent_kernel"], 0.1 * want["cell"]["recurrent_kernel"], rtol=1e-6)
   np.testing.assert_allclose(got["cell"]["input"]["kernel"], want["cell"]["input"]["kernel"])
+
+
+# ----------------------------------------------------------------------------
+# The shared step and loop.
+
+
+def _linear_problem():
+  """A least-squares problem: w -> 0 under SGD; batches drawn from fold_in(key, step)."""
+  key = jax.random.key(3)
+  tx = optax.sgd(0.1)
+
+  def loss_fn(params, batch):
+    loss = jnp.mean((batch @ params["w"]) ** 2)
+    return loss, {"batch_mean": jnp.mean(batch)}
+
+  step = jax.jit(training.make_train_step(loss_fn, tx))
+  batch_fn = lambda s: jax.random.normal(jax.random.fold_in(key, s), (4, 2))
+  state = training.create_train_state({"w": jnp.ones(2)}, tx)
+  return state, step, batch_fn
+
+
+def test_make_train_step_is_value_and_grad_then_tx():
+  state, step, batch_fn = _linear_problem()
+  new, metrics = step(state, batch_fn(0))
+  b = batch_fn(0)
+  grad = jax.grad(lambda w: jnp.mean((b @ w) ** 2))(state.params["w"])
+  np.testing.assert_allclose(new.params["w"], state.params["w"] - 0.1 * grad, rtol=1e-6)
+  assert int(new.step) == 1 and bool(metrics["finite"])
+  np.testing.assert_allclose(metrics["grad_norm"], np.linalg.norm(grad), rtol=1e-6)
+  assert set(metrics) == {"loss", "batch_mean", "grad_norm", "finite"}
+
+
+def test_a_non_finite_optimiser_state_is_a_divergence():
+  # Adam's second moment overflows to inf while the loss and parameters stay finite.
+  tx = optax.adam(1e-3)
+  step = training.make_train_step(lambda p, b: (jnp.sum(p["w"] * b), {}), tx)
+  state = training.create_train_state({"w": jnp.ones(2)}, tx)
+  _, metrics = step(state, jnp.full((2,), 1e30))
+  assert np.isfinite(metrics["loss"])
+  assert not bool(metrics["finite"])
+
+
+def _fit(state, step, batch_fn, directory, **kw):
+  kw.setdefault("total_steps", 10)
+  kw.setdefault("eval_every", 4)
+  evaluate = kw.pop("evaluate", lambda s: {"w0": float(s.params["w"][0])})
+  return training.fit(state, training.stepwise(step, batch_fn), checkpoint_dir=str(directory / "ckpt"),
+                      history_path=str(directory / "history.json"), evaluate=evaluate,
+                      log=lambda *a: None, progress_stream=io.StringIO(), **kw)
+
+
+def test_fit_evaluates_checkpoints_and_resumes_exactly(tmp_path):
+  state, step, batch_fn = _linear_problem()
+  straight = _fit(state, step, batch_fn, tmp_path / "a", checkpoint_every=3, eval_at_start=True)
+  assert [h["step"] for h in straight.history] == [0, 4, 8, 10]
+  assert int(straight.state.step) == 10 and straight.diverged is None
+  # checkpoint_every=3: steps 3, 6, 9 and the end; orbax keeps the last two.
+  assert sorted(int(d) for d in os.listdir(tmp_path / "a" / "ckpt") if d.isdigit()) == [9, 10]
+  # "last": the train_* entries are the metrics of the evaluation's step.
+  assert straight.history[1]["train_steps"] == 4
+  # Killed after step 6's checkpoint, then resumed: the same history and parameters.
+  cut = _fit(state, step, batch_fn, tmp_path / "b", checkpoint_every=3, eval_at_start=True, stop_after=6)
+  assert cut.interrupted and int(cut.state.step) == 6
+  resumed = _fit(state, step, batch_fn, tmp_path / "b", checkpoint_every=3, eval_at_start=True)
+  assert resumed.resumed_from == 6
+  np.testing.assert_array_equal(resumed.state.params["w"], straight.state.params["w"])
+  strip = lambda hs: [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in hs]
+  assert strip(resumed.history) == strip(straight.history)
+
+
+def test_the_history_travels_with_the_checkpoint(tmp_path):
+  """A kill between the checkpoint and history.json (or a lost history file) loses nothing."""
+  state, step, batch_fn = _linear_problem()
+  done = _fit(state, step, batch_fn, tmp_path, checkpoint_every=0)
+  assert [h["step"] for h in done.history] == [4, 8, 10]
+  saved = training.read_json(str(tmp_path / "history.json"))
+  saved["history"] = saved["history"][:-1]  # as if killed before history.json was written
+  training.write_json(str(tmp_path / "history.json"), saved)
+  again = _fit(state, step, batch_fn, tmp_path, checkpoint_every=0)
+  assert [h["step"] for h in again.history] == [4, 8, 10]
+  assert again.history[-1]["w0"] == done.history[-1]["w0"]
+  assert [h["step"] for h in training.read_json(str(tmp_path / "history.json"))["history"]] == [4, 8, 10]
+
+
+def test_fit_mean_train_metrics_and_early_stopping(tmp_path):
+  state, step, batch_fn = _linear_problem()
+  values = iter([0.1, 0.5, 0.4, 0.3, 0.2])
+  out = _fit(state, step, batch_fn, tmp_path, total_steps=10, eval_every=2, train_metrics="mean",
+             evaluate=lambda s: {"val": next(values)}, early_stopping=training.EarlyStopping(2),
+             monitor="val", best_dir=str(tmp_path / "best"))
+  assert [h["val"] for h in out.history] == [0.1, 0.5, 0.4, 0.3]
+  assert out.stopped_early and out.early_stopping.best_epoch == 1 and int(out.state.step) == 8
+  means = [float(np.mean(np.asarray(batch_fn(s)))) for s in (2, 3)]
+  assert out.history[1]["train_batch_mean"] == pytest.approx(sum(means) / 2, rel=1e-6)
+  assert training.Checkpoints(tmp_path / "best").latest_step() == 4
+  np.testing.assert_array_equal(out.best_params["w"], training.Checkpoints(tmp_path / "best").restore(
+      out.state.params)["w"])
+
+
+def test_fit_stops_on_divergence_with_a_true_message(tmp_path):
+  state, step, _ = _linear_problem()
+  bad = lambda s: jnp.full((4, 2), jnp.nan if s >= 5 else 1.0)
+  out = _fit(state, step, bad, tmp_path, total_steps=10, eval_every=2, checkpoint_every=2)
+  assert out.diverged["step"] == 6
+  assert "The last good checkpoint (step 4) was kept" in out.diverged["message"]
+  assert training.Checkpoints(tmp_path / "ckpt").latest_step() == 4
+  # Resuming the same run reports the divergence instead of repeating it.
+  again = _fit(state, step, bad, tmp_path, total_steps=10, eval_every=2, checkpoint_every=2)
+  assert again.diverged == out.diverged
+  # Diverged before any checkpoint: the message says none was written.
+  early = _fit(state, step, lambda s: jnp.full((4, 2), jnp.nan), tmp_path / "e", total_steps=4, eval_every=2)
+  assert early.diverged["step"] == 1 and "No checkpoint had been written yet" in early.diverged["message"]
+
+
+def test_fit_refuses_a_checkpoint_past_the_end(tmp_path):
+  state, step, batch_fn = _linear_problem()
+  _fit(state, step, batch_fn, tmp_path, total_steps=6)
+  with pytest.raises(ValueError, match="at step 6 > 4"):
+    _fit(state, step, batch_fn, tmp_path, total_steps=4)
+
+
+# ----------------------------------------------------------------------------
+# The run directory.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  lr: float = 0.1
+  steps: int = 5
+  name: str = "a"
+
+
+def test_prepare_run_dir_one_rule(tmp_path):
+  d = str(tmp_path / "run")
+  training.prepare_run_dir(d, _Config(), resumable=("steps",))
+  training.prepare_run_dir(d, _Config(steps=9), resumable=("steps",))  # resumable: may change
+  with pytest.raises(training.ConfigMismatchError, match=r"lr: saved 0.1 vs now 0.2, name: saved 'a' vs now 'b'"):
+    training.prepare_run_dir(d, _Config(lr=0.2, name="b"), resumable=("steps",))
+  # A field the saved file predates is read at its default.
+  training.write_json(os.path.join(d, "config.json"), {"lr": 0.1, "steps": 5})
+  training.prepare_run_dir(d, _Config(), resumable=("steps",))
+  with pytest.raises(training.ConfigMismatchError, match="name: saved 'a' vs now 'c'"):
+    training.prepare_run_dir(d, _Config(name="c"), resumable=("steps",))
+  # Derived entries are compared; a legacy file name is read.
+  legacy = tmp_path / "legacy"
+  legacy.mkdir()
+  training.write_json(str(legacy / "settings.json"), {"lr": 0.1, "name": "a", "teacher": {"n": 4}})
+  with pytest.raises(training.ConfigMismatchError, match="teacher"):
+    training.prepare_run_dir(str(legacy), _Config(), resumable=("steps",), derived={"teacher": {"n": 5}},
+                             legacy_filenames=("settings.json",))
+  (tmp_path / "file").write_text("")
+  with pytest.raises(ValueError, match="cannot be created"):
+    training.prepare_run_dir(str(tmp_path / "file" / "run"), _Config())
+
+
+def test_collect_json(tmp_path):
+  for name in ("b", "a"):
+    training.write_json(str(tmp_path / name / "results.json"), {"name": name})
+  (tmp_path / "c").mkdir()
+  assert [r["name"] for r in training.collect_json(str(tmp_path))] == ["a", "b"]
+  assert training.collect_json(str(tmp_path / "missing")) == []

@@ -36,7 +36,8 @@ _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
 
 def _field_kind(field: dataclasses.Field) -> tuple[str, bool]:
   """``(kind, optional)``: kind is int/float/str/bool, or ``tuple[int]``/``tuple[str]``."""
-  ann = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+  t = field.type
+  ann = t if isinstance(t, str) else (t.__name__ if isinstance(t, type) else str(t))
   ann = ann.replace(" ", "")
   optional = ann.endswith("|None") or ann.startswith("Optional[")
   ann = ann.removesuffix("|None")

@@ -745,6 +745,8 @@ def fit(
   own_progress = progress is None
   meta: dict = {"train_seconds": 0.0, "compile_seconds": None}
   history: list[dict] = []
+  interval: list = []  # host metrics of the steps since the last evaluation
+  interval_seconds = 0.0
   diverged = None
   resumed_from = None
   try:
@@ -759,6 +761,8 @@ def fit(
       if saved is not None:
         history = list(saved.get("history", []))
         meta.update({k: v for k, v in saved.get("meta", {}).items() if v is not None})
+        interval = list(saved.get("interval", []))  # the steps since the last evaluation
+        interval_seconds = float(saved.get("interval_seconds", 0.0))
       elif history_path and os.path.exists(history_path):  # written before the history moved in
         old = read_json(history_path)
         history = [h for h in old.get("history", []) if h["step"] <= latest]
@@ -817,8 +821,7 @@ def fit(
       tty = hasattr(stream, "isatty") and stream.isatty()
       progress = Progress(total_steps, desc, initial=min(step, total_steps), stream=stream,
                           min_interval=0.5 if tty else 15.0)  # Logs: a line per 15 s.
-    pending, pending_steps, interval = [], [], []
-    interval_seconds = 0.0
+    pending, pending_steps = [], []
     interrupted = False
     t_last = time.perf_counter()
     while todo and step < total_steps:
@@ -869,7 +872,8 @@ def fit(
             if best_ckpt is not None:
               best_ckpt.save(step, params_of(state))
       write_history()  # Best params, then the history that points at them, then the state.
-      if is_ckpt and not ckpt.save(step, state, meta={"history": history, "meta": meta}):
+      if is_ckpt and not ckpt.save(step, state, meta={"history": history, "meta": meta, "interval": interval,
+                                                       "interval_seconds": interval_seconds}):
         diverged = divergence(step, "training state (the checkpoint was refused)")
         break
       if postfix is not None:

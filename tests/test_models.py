@@ -1,0 +1,92 @@
+"""Tests for urnn_jax.models: the registry every binary builds its models from."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import urnn_jax
+from urnn_jax import models, orthogonal
+
+
+def _params(name, options, m=3):
+  layer = urnn_jax.Recurrent(models.make_cell(name, options))
+  variables = layer.init(jax.random.key(0), jnp.ones((2, 5, m)))
+  return layer, variables
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_every_entry_builds_a_cell_and_an_optimizer_that_steps(name):
+  options = models.ModelOptions(hidden=4, activation="tanh", contraction=0.9)
+  layer, variables = _params(name, options)
+  params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+  tx = models.make_tx(name, optax.sgd(0.1), options)
+  opt_state = tx.init(params)
+  x = jax.random.normal(jax.random.key(1), (2, 5, 3))
+  grads = jax.grad(lambda p: jnp.sum(layer.apply({"params": p, **rest}, x) ** 2))(params)
+  updates, _ = tx.update(grads, opt_state, params)
+  new = optax.apply_updates(params, updates)
+  spec = models.get(name)
+  cell = models.make_cell(name, options)
+  assert isinstance(cell, nn.RNNCellBase)
+  if spec.eq1:
+    assert cell.activation == "tanh"
+    kernel = layer.apply({"params": new, **rest}, method=lambda m: m.cell.transition_kernel())
+    sigma = np.linalg.svd(np.asarray(kernel), compute_uv=False)
+    if spec.orthogonal:
+      assert float(orthogonal.orthogonality_error(kernel)) < 1e-5
+    elif name == "contrnn":
+      assert sigma.max() <= 0.9 + 1e-5
+  assert isinstance(spec.description, str) and spec.description
+
+
+def test_the_entries_match_the_seeds_models():
+  o = models.ModelOptions(hidden=5)
+  assert type(models.make_cell("rnn", o)) is urnn_jax.RNNCell
+  urnn = models.make_cell("urnn", o)
+  assert type(urnn) is urnn_jax.OrthogonalRNNCell and urnn.parametrization is None
+  assert models.make_cell("urnn_param_cayley", o).parametrization == "cayley"
+  assert type(models.make_cell("lstm", o)) is nn.LSTMCell
+  assert models.get("urnn").constraint is not None and models.get("rnn").constraint is None
+  assert models.get("urnn_param_expm").constraint is None
+  assert models.adjusted_hidden("urnn", 8) == 4 and models.adjusted_hidden("rnn", 8) == 8
+  assert not models.get("lstm").eq1 and models.get("contrnn").eq1
+
+
+def test_the_urnn_constraint_follows_the_option():
+  # cayley / expm retractions carry a step counter; the projection is stateless.
+  params = {"recurrent_kernel": jnp.eye(3)}
+  for name in models.CONSTRAINTS:
+    tx = models.orthogonal_constraint(name, reproject_every=2)
+    tx.init(params)
+  with pytest.raises(ValueError, match="constraint='qr'"):
+    models.orthogonal_constraint("qr")
+
+
+def test_bad_names_and_options_are_refused():
+  with pytest.raises(ValueError, match="model='nope'; expected one of"):
+    models.get("nope")
+  with pytest.raises(ValueError, match=r"models=\['rnn', 'x'\]: unknown \['x'\]"):
+    models.check_names(["rnn", "x"])
+  with pytest.raises(ValueError, match="has duplicates"):
+    models.check_names(["rnn", "rnn"])
+  with pytest.raises(ValueError, match="unknown"):
+    models.check_names([])
+  for kw, match in [({"hidden": 0}, "hidden must be a positive int"),
+                    ({"hidden": True}, "hidden must be a positive int"),
+                    ({"activation": "gelu"}, "activation='gelu'"),
+                    ({"rnn_init": "zeros"}, "rnn_init='zeros'"),
+                    ({"constraint": "qr"}, "constraint='qr'"),
+                    ({"reproject_every": -1}, "reproject_every must be an int >= 0"),
+                    ({"contraction": 0.0}, "contraction must be a finite number > 0")]:
+    with pytest.raises(ValueError, match=match):
+      models.ModelOptions(**{"hidden": 4, **kw}).validate()
+
+
+def test_a_new_entry_is_one_line(monkeypatch):
+  spec = models.ModelSpec(lambda o: urnn_jax.RNNCell(o.hidden, activation="abs"), None, True, False, "abs RNN")
+  monkeypatch.setitem(models.MODELS, "abs_rnn", spec)
+  assert models.check_names(["abs_rnn"]) == ("abs_rnn",)
+  assert models.make_cell("abs_rnn", models.ModelOptions(hidden=3)).activation == "abs"
