@@ -317,3 +317,67 @@ def test_collect_json(tmp_path):
   (tmp_path / "c").mkdir()
   assert [r["name"] for r in training.collect_json(str(tmp_path))] == ["a", "b"]
   assert training.collect_json(str(tmp_path / "missing")) == []
+
+
+# ----------------------------------------------------------------------------
+# Damaged checkpoints.
+
+
+def _data_files(step_dir):
+  out = []
+  for root, _, files in os.walk(step_dir):
+    out += [os.path.join(root, f) for f in files if os.path.getsize(os.path.join(root, f)) > 64
+            and not f.startswith("_") and "meta" not in root.split(os.sep)[-1]]
+  return sorted(out, key=os.path.getsize)
+
+
+def _two_checkpoints(tmp_path):
+  state = _state()
+  ckpt = training.Checkpoints(tmp_path / "c", max_to_keep=3)
+  ckpt.save(1, state, meta={"history": [1]})
+  later = jax.tree.map(lambda a: a + 1 if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
+  ckpt.save(2, later, meta={"history": [1, 2]})
+  return state, ckpt
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "metadata", "empty"])
+def test_a_damaged_checkpoint_is_reported_and_the_previous_one_used(tmp_path, damage):
+  state, ckpt = _two_checkpoints(tmp_path)
+  step_dir = tmp_path / "c" / "2"
+  if damage == "flip":  # same size, 16 bytes changed in the middle of a data file
+    path = _data_files(step_dir / "state")[-1]
+    data = bytearray(open(path, "rb").read())
+    mid = len(data) // 2
+    data[mid:mid + 16] = bytes(255 - b for b in data[mid:mid + 16])
+    open(path, "wb").write(bytes(data))
+  elif damage == "truncate":
+    path = _data_files(step_dir / "state")[-1]
+    open(path, "r+b").truncate(os.path.getsize(path) // 3)
+  elif damage == "metadata":
+    (step_dir / "state" / "_METADATA").write_text("{junk")
+  else:
+    for root, dirs, files in os.walk(step_dir, topdown=False):
+      for f in files:
+        os.remove(os.path.join(root, f))
+      for d in dirs:
+        os.rmdir(os.path.join(root, d))
+  with pytest.raises(training.CheckpointError, match="checkpoint step 2"):
+    training.Checkpoints(tmp_path / "c").restore(state, step=2)
+  logs = []
+  step, restored, meta = training.Checkpoints(tmp_path / "c", max_to_keep=3).restore_latest_good(
+      state, log=logs.append)
+  assert step == 1 and meta == {"history": [1]}
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(a, b)
+  assert len(logs) == 1 and "checkpoint step 2" in logs[0] and "falling back" in logs[0]
+  assert not (tmp_path / "c" / "2").exists()  # set aside, so step 2 can be written again
+  assert any(d.startswith("damaged-2-") for d in os.listdir(tmp_path / "c"))
+
+
+def test_no_usable_checkpoint_starts_over(tmp_path):
+  state, ckpt = _two_checkpoints(tmp_path)
+  for step in (1, 2):
+    (tmp_path / "c" / str(step) / "state" / "_METADATA").write_text("{junk")
+  logs = []
+  assert training.Checkpoints(tmp_path / "c").restore_latest_good(state, log=logs.append) is None
+  assert len(logs) == 3 and "starting over" in logs[-1]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -186,19 +187,37 @@ def _step_items(directory: str, step: int) -> set[str]:
   return set(os.listdir(path)) if os.path.isdir(path) else set()
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be restored or fails its checksum."""
+
+
+def checksum(state: PyTree, meta: Any = None) -> str:
+  """SHA-256 of the leaves of ``state`` (dtype, shape, bytes) and the JSON of ``meta``."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(state):
+    arr = np.asarray(leaf)
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+  h.update(json.dumps(to_jsonable(meta), sort_keys=True).encode())
+  return h.hexdigest()
+
+
 class Checkpoints:
   """A thin wrapper around ``orbax.checkpoint.CheckpointManager``.
 
-  Saves are synchronous, so a run killed right after ``save`` returns can
-  resume from that step. Only finite states are saved (a diverged state never
-  replaces a good checkpoint); a refused save returns False, and
-  :func:`fit` reports it.
-
-  ``save(step, state, meta=...)`` stores a JSON ``meta`` (the loop's history)
-  *in the same checkpoint* as the state (orbax items ``state`` and ``meta``),
-  so the two are one unit: a kill can never leave a state without the
-  history that led to it. Checkpoints written without ``meta`` (and by
-  earlier versions, item ``default``) restore too.
+  * Saves are synchronous, so a run killed right after ``save`` returns can
+    resume from that step.
+  * Only finite states are saved (a diverged state never replaces a good
+    checkpoint); a refused save returns False, and :func:`fit` reports it.
+  * ``save(step, state, meta=...)`` stores a JSON ``meta`` (the loop's
+    history) *in the same checkpoint* as the state (orbax items ``state``
+    and ``meta``), so the two are one unit: a kill can never leave a state
+    without the history that led to it.
+  * Every checkpoint carries a SHA-256 checksum of the state and meta
+    (:func:`checksum`); a restore verifies it. :meth:`restore_latest_good`
+    falls back to the previous checkpoint when the newest cannot be restored
+    or fails its checksum, and says so. Checkpoints of earlier versions
+    (one item ``default``, no checksum) restore unverified.
   """
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
@@ -219,13 +238,16 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state: PyTree, meta: Mapping[str, Any] | None = None) -> bool:
     """Saves ``state`` (and ``meta``) at ``step``; returns False (and saves nothing) if not finite."""
     if not tree_is_finite(state):
       return False
-    args = {"state": self._ocp.args.StandardSave(state)}
-    if meta is not None:
-      args["meta"] = self._ocp.args.JsonSave(to_jsonable(meta))
+    meta = None if meta is None else to_jsonable(meta)
+    record = {"checksum": checksum(state, meta), "meta": meta}
+    args = {"state": self._ocp.args.StandardSave(state), "meta": self._ocp.args.JsonSave(record)}
     self._manager.save(int(step), args=self._ocp.args.Composite(**args), force=True)
     self._manager.wait_until_finished()
     return True
@@ -235,30 +257,80 @@ class Checkpoints:
 
     ``meta`` is None for a checkpoint saved without it. Returns None when
     there is no checkpoint.
+
+    Raises:
+      CheckpointError: the checkpoint cannot be restored, or its checksum
+        does not match (the message names the step and the reason).
     """
     step = self.latest_step() if step is None else step
     if step is None:
       return None
+    where = f"checkpoint step {step} in {self.directory}"
+    items = _step_items(self.directory, step)
+    if not items:
+      raise CheckpointError(f"{where}: the step folder is missing or empty.")
+    name = "default" if "default" in items else "state"
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), target
     )
-    items = _step_items(self.directory, step)
-    name = "default" if "default" in items else "state"
     args = {name: self._ocp.args.StandardRestore(abstract)}
     if "meta" in items:
       args["meta"] = self._ocp.args.JsonRestore()
-    restored = self._manager.restore(step, args=self._ocp.args.Composite(**args))
-    # Keep the target's container types (NamedTuples etc.).
-    state = jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored[name]))
-    return state, (dict(restored["meta"]) if "meta" in items else None)
+    try:
+      restored = self._manager.restore(step, args=self._ocp.args.Composite(**args))
+      # Keep the target's container types (NamedTuples etc.).
+      state = jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored[name]))
+    except Exception as e:  # orbax / tensorstore raise many types on damaged files
+      first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      raise CheckpointError(f"{where} cannot be restored: {type(e).__name__}: {first[:300]}") from e
+    if name == "default":  # an earlier version's checkpoint: no checksum, no meta
+      return state, None
+    record = restored.get("meta") if "meta" in items else None
+    if not isinstance(record, Mapping) or "checksum" not in record:
+      raise CheckpointError(f"{where} has no checksum record.")
+    if checksum(state, record.get("meta")) != record["checksum"]:
+      raise CheckpointError(f"{where} fails its checksum: its bytes changed after it was written.")
+    meta = record.get("meta")
+    return state, (dict(meta) if meta is not None else None)
 
   def restore(self, target: PyTree, step: int | None = None) -> PyTree | None:
     """Restores the latest (or given) step into the structure of ``target``.
 
-    Returns None when there is no checkpoint.
+    Returns None when there is no checkpoint. Raises CheckpointError as
+    :meth:`restore_with_meta`.
     """
     out = self.restore_with_meta(target, step)
     return None if out is None else out[0]
+
+  def restore_latest_good(self, target: PyTree, *, log=print) -> tuple[int, PyTree, dict | None] | None:
+    """``(step, state, meta)`` of the newest checkpoint that restores and verifies.
+
+    A checkpoint that fails is reported in one line (which one and why),
+    moved aside (``damaged-<step>-<time>``, kept for inspection) and the
+    previous one is tried; None (with a line saying so) when none is
+    usable, or when there is no checkpoint at all (silently).
+    """
+    steps = self.all_steps()
+    for step in reversed(steps):
+      try:
+        state, meta = self.restore_with_meta(target, step)
+      except CheckpointError as e:
+        aside = self._set_aside(step)
+        log(f"{e} Moved it to {aside}; falling back to the previous checkpoint.")
+        continue
+      return step, state, meta
+    if steps:
+      log(f"no usable checkpoint in {self.directory}; starting over.")
+    return None
+
+  def _set_aside(self, step: int) -> str:
+    """Renames a damaged step folder (kept for inspection, no longer a checkpoint)."""
+    src = os.path.join(self.directory, str(step))
+    dst = os.path.join(self.directory, f"damaged-{step}-{int(time.time())}")
+    if os.path.exists(src):
+      os.replace(src, dst)
+    self._manager.reload()
+    return dst
 
   def close(self):
     self._manager.close()
@@ -679,6 +751,7 @@ def fit(
     params_of=lambda s: s.params,
     step_of=lambda s: s.step,
     history_path: str | None = None,
+    history_extra: Mapping[str, Any] | None = None,
     compile=None,
     check=_first_divergence,
     postfix=None,
@@ -718,6 +791,8 @@ def fit(
       ``state``.
     history_path: also write the history (and a divergence) there as JSON
       for people and plots, at every evaluation and checkpoint.
+    history_extra: more top-level entries of that JSON (e.g. the run's name),
+      written first.
     compile: ``() -> seconds``, called once before the first step of a run
       that has steps to do (ahead-of-time compilation, timed apart).
     check: ``host metrics list -> (index, description) | None``: the first
@@ -751,13 +826,14 @@ def fit(
   resumed_from = None
   try:
     latest = ckpt.latest_step()
-    if latest is not None:
-      if latest > total_steps:
-        raise ValueError(
-            f"{desc}: the checkpoint in {checkpoint_dir} is at step {latest} > {total_steps}, the"
-            " steps asked for; train longer or use a fresh --workdir."
-        )
-      state, saved = ckpt.restore_with_meta(state)
+    if latest is not None and latest > total_steps:
+      raise ValueError(
+          f"{desc}: the checkpoint in {checkpoint_dir} is at step {latest} > {total_steps}, the"
+          " steps asked for; train longer or use a fresh --workdir."
+      )
+    good = ckpt.restore_latest_good(state, log=lambda msg: log(f"[{desc}] {msg}"))
+    if good is not None:
+      latest, state, saved = good
       if saved is not None:
         history = list(saved.get("history", []))
         meta.update({k: v for k, v in saved.get("meta", {}).items() if v is not None})
@@ -787,7 +863,7 @@ def fit(
 
     def write_history():
       if history_path:
-        write_json(history_path, {"history": history, **meta, "diverged": diverged})
+        write_json(history_path, {**(history_extra or {}), "history": history, **meta, "diverged": diverged})
 
     def run_eval(s, interval, interval_seconds):
       entry = {"step": s, **_train_summary(interval, train_metrics)}
