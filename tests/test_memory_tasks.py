@@ -115,6 +115,37 @@ def test_deterministic_and_resumable(tmp_path):
     quiet(dataclasses.replace(config, hidden=5), tmp_path / "b")
 
 
+def test_a_lost_history_entry_is_recovered_from_the_checkpoint(tmp_path):
+  """Issue 22's reproducer: a kill between the checkpoint and history.json (here: the last entry
+  deleted) must not change what the rerun reports; the history travels inside the checkpoint."""
+  config = tiny(task="first_term", length=4, models=("rnn",), steps=4, eval_every=2, checkpoint_every=2,
+                num_values=4, diagnostics=False)
+  first = quiet(config, tmp_path)
+  path = tmp_path / "first_term_L4" / "rnn" / "history.json"
+  saved = training.read_json(str(path))
+  saved["history"] = saved["history"][:-1]
+  training.write_json(str(path), saved)
+  again = quiet(config, tmp_path)
+  assert again["rows"][0]["eval_accuracy"] == first["rows"][0]["eval_accuracy"]
+  assert [h["step"] for h in training.read_json(str(path))["history"]] == [0, 2, 4]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--task=kth_highest", "--length=2", "--k=5"], "k=5 must be <= length=2"),
+    (["--num_values=0"], "num_values must be a positive int, got 0"),
+    (["--length=4,x"], "--length must be int values"),
+    (["--models=rnn,transformer"], "unknown ['transformer']"),
+])
+def test_bad_flags_are_one_line_usage_errors_before_anything_is_written(tmp_path, flags, message):
+  workdir = tmp_path / "w"
+  cmd = [sys.executable, "-m", "train.memory_tasks", *flags, f"--workdir={workdir}"]
+  proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert message in proc.stderr and "Traceback" not in proc.stderr
+  assert not workdir.exists()
+
+
 def test_config_validation():
   assert mt.Config(task="first_term").resolved().activation == "identity"
   assert mt.Config(task="adding").resolved().activation == "relu"
@@ -141,6 +172,11 @@ def test_binary_runs(tmp_path):
   assert (workdir / "summary.md").exists()
   results = json.loads((workdir / "adding_L4" / "results.json").read_text())
   assert results["results"][0]["steps"] == 2
+  # A changed flag on the same workdir: a one-line usage error naming the field.
+  proc = subprocess.run([c if c != "--hidden=4" else "--hidden=5" for c in cmd], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "different configuration (hidden: saved 4 vs now 5)" in proc.stderr
 
 
 def test_divergence_is_reported_not_fatal(tmp_path, monkeypatch):

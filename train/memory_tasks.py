@@ -67,7 +67,7 @@ def main(argv):
   for config in configs:
     try:
       out = mt.run_experiment(config, FLAGS.workdir)
-    except training.ConfigMismatchError as e:
+    except training.RunDirError as e:
       raise app.UsageError(str(e)) from None
     print(f"\n{config.task}, length {config.length}: memoryless baseline {out['baseline']}")
     print(out["table"])

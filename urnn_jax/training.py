@@ -553,7 +553,11 @@ def pyplot():
 # The run directory: one policy for every binary.
 
 
-class ConfigMismatchError(ValueError):
+class RunDirError(ValueError):
+  """A run directory cannot be used: it cannot be created, or holds another run."""
+
+
+class ConfigMismatchError(RunDirError):
   """A run directory holds a run with a different configuration."""
 
 
@@ -588,12 +592,12 @@ def prepare_run_dir(
 
   Raises:
     ConfigMismatchError: the saved run's configuration differs.
-    ValueError: ``run_dir`` cannot be created.
+    RunDirError: ``run_dir`` cannot be created (ConfigMismatchError is one too).
   """
   try:
     os.makedirs(run_dir, exist_ok=True)
   except OSError as e:
-    raise ValueError(f"workdir {run_dir!r} cannot be created: {e.strerror or e}.") from None
+    raise RunDirError(f"workdir {run_dir!r} cannot be created: {e.strerror or e}.") from None
   current = _comparable(config, resumable, derived)
   saved_path = next((p for p in [os.path.join(run_dir, n) for n in (filename, *legacy_filenames)]
                      if os.path.exists(p)), None)

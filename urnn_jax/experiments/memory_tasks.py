@@ -159,7 +159,10 @@ class Config:
                             recurrent_learning_rate=self.recurrent_learning_rate)
     if self.eval_size % min(self.eval_batch, self.eval_size):
       raise ValueError(f"eval_size={self.eval_size} must be a multiple of eval_batch={self.eval_batch}.")
-    memory.get_task(self.task, **self.task_options())  # Validates task options.
+    task = memory.get_task(self.task, **self.task_options())  # Validates task options.
+    # Traces one sample (no compute), so settings that cannot be sampled (k > length,
+    # num_values < 1) are refused before anything is written.
+    jax.eval_shape(lambda key: task.sample(key, 1, self.length), jax.random.key(0))
 
 
 # ----------------------------------------------------------------------------
