@@ -146,6 +146,13 @@ def test_bad_flags_are_one_line_usage_errors_before_anything_is_written(tmp_path
   assert not workdir.exists()
 
 
+def test_help_lists_the_generated_flags():
+  proc = subprocess.run([sys.executable, "-m", "train.memory_tasks", "--help"], cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+  for flag in ("--task", "--length", "--recurrent_learning_rate", "--workdir"):
+    assert flag in proc.stdout, flag
+
+
 def test_config_validation():
   assert mt.Config(task="first_term").resolved().activation == "identity"
   assert mt.Config(task="adding").resolved().activation == "relu"

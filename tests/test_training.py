@@ -381,3 +381,18 @@ def test_no_usable_checkpoint_starts_over(tmp_path):
   logs = []
   assert training.Checkpoints(tmp_path / "c").restore_latest_good(state, log=logs.append) is None
   assert len(logs) == 3 and "starting over" in logs[-1]
+
+
+def test_a_checkpoint_of_the_earlier_single_item_format_restores(tmp_path):
+  import orbax.checkpoint as ocp
+
+  state = {"w": jnp.arange(3.0)}
+  with ocp.CheckpointManager(str(tmp_path), options=ocp.CheckpointManagerOptions(
+      enable_async_checkpointing=False)) as manager:
+    manager.save(3, args=ocp.args.StandardSave(state))
+  ckpt = training.Checkpoints(tmp_path)
+  restored, meta = ckpt.restore_with_meta({"w": jnp.zeros(3)})
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  assert meta is None
+  assert ckpt.save(4, {"w": jnp.ones(3)}, meta={"history": []})  # the same manager goes on saving
+  assert ckpt.restore_with_meta({"w": jnp.zeros(3)})[1] == {"history": []}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 from typing import Any, Mapping, Sequence
 
 from absl import flags
@@ -67,14 +68,21 @@ def define_flags(
     skip: Sequence[str] = (),
     defaults: Mapping[str, Any] | None = None,
     aliases: Mapping[str, str] | None = None,
+    module_name: str | None = None,
 ) -> None:
   """Defines one absl flag per field of the dataclass ``config_cls``.
 
   ``sweep``: fields defined as list flags (one config per value);
   ``skip``: fields without a flag; ``defaults``: flag defaults that differ
   from the field defaults; ``aliases``: ``{old_name: field}``, older flag
-  names kept working.
+  names kept working. The flags belong to ``module_name`` (default: the
+  calling module, so a binary's ``--help`` lists them).
   """
+  if module_name is None:
+    module_name = sys._getframe(1).f_globals.get("__name__", "")
+    if module_name == "__main__":
+      module_name = sys.argv[0]  # how absl names the main module's flags
+  kw = {"flag_values": flag_values, "module_name": module_name}
   defaults = dict(defaults or {})
   for field in dataclasses.fields(config_cls):
     if field.name in skip:
@@ -89,19 +97,19 @@ def define_flags(
       flags.DEFINE_list(name, [str(v) for v in values], help_text
                         + (f" Some of {list(choices)}." if choices else "")
                         + (" Comma-separated: one run per value." if field.name in sweep else ""),
-                        flag_values=flag_values)
+                        **kw)
     elif kind == "bool":
-      flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
+      flags.DEFINE_bool(name, default, help_text, **kw)
     elif kind == "int":
-      flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+      flags.DEFINE_integer(name, default, help_text, **kw)
     elif kind == "float":
-      flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+      flags.DEFINE_float(name, default, help_text, **kw)
     elif choices:
-      flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=flag_values)
+      flags.DEFINE_enum(name, default, list(choices), help_text, **kw)
     else:
-      flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+      flags.DEFINE_string(name, default, help_text, **kw)
   for old, new in (aliases or {}).items():
-    flags.DEFINE_alias(old, new, flag_values=flag_values)
+    flags.DEFINE_alias(old, new, **kw)
 
 
 class FlagError(ValueError):

@@ -277,7 +277,11 @@ class Checkpoints:
     if "meta" in items:
       args["meta"] = self._ocp.args.JsonRestore()
     try:
-      restored = self._manager.restore(step, args=self._ocp.args.Composite(**args))
+      if name == "default":  # an earlier version's single-item checkpoint: its own manager
+        with self._ocp.CheckpointManager(self.directory) as legacy:
+          restored = {name: legacy.restore(step, args=args[name])}
+      else:
+        restored = self._manager.restore(step, args=self._ocp.args.Composite(**args))
       # Keep the target's container types (NamedTuples etc.).
       state = jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored[name]))
     except Exception as e:  # orbax / tensorstore raise many types on damaged files
@@ -577,6 +581,7 @@ def prepare_run_dir(
     derived: Mapping[str, Any] | None = None,
     filename: str = "config.json",
     legacy_filenames: Sequence[str] = (),
+    renamed: Mapping[str, str] | None = None,
 ) -> None:
   """Creates ``run_dir``, checks ``config`` against the saved one, writes it.
 
@@ -589,6 +594,8 @@ def prepare_run_dir(
   differing field with both values; nothing is written then. The
   configuration is then written to ``run_dir/filename`` atomically.
   ``legacy_filenames``: older names of the file, read when it is missing.
+  ``renamed``: ``{old_name: field}``, fields a saved file may hold under an
+  older name (read as the field when the field itself is missing).
 
   Raises:
     ConfigMismatchError: the saved run's configuration differs.
@@ -603,6 +610,9 @@ def prepare_run_dir(
                      if os.path.exists(p)), None)
   if saved_path is not None:
     saved = read_json(saved_path)
+    for old, new in (renamed or {}).items():
+      if old in saved and new not in saved:
+        saved[new] = saved[old]
     try:
       defaults = _comparable(type(config)(), resumable, None)
     except TypeError:  # a config without defaults: every field must be saved
