@@ -1,7 +1,8 @@
 r"""Permuted pixel MNIST (seed 000, Fig. 4): URNN vs ContRNN vs RNN vs LSTM.
 
-Trains one run per (``--model``, ``--learning_rate``) pair on the permuted
-pixel task (784 steps, 1 feature), with RMSProp (default) and
+Trains one run per (``--model``, ``--learning_rate``) pair (``--models`` is
+another name of ``--model``; any name of ``urnn_jax.models.MODELS``) on the
+permuted pixel task (784 steps, 1 feature), with RMSProp (default) and
 validation-based early stopping (``--patience``), and reports the test
 accuracy at the best validation epoch. Each run writes
 ``results.json``, ``history.csv``, ``learning_curve.png`` and orbax
@@ -36,39 +37,21 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from urnn_jax import config as config_lib
+from urnn_jax import models as registry
+from urnn_jax import training
 from urnn_jax.data import images
 from urnn_jax.experiments import permuted_mnist as pm
 
-_d = pm.Config()
+SWEEP = ("model", "learning_rate")
+# Other names of some flags: {alias: field}.
+ALIASES = {"models": "model", "eval_batch_size": "eval_batch"}
 
 
 def define_flags() -> None:
-  """Defines this binary's flags (called by ``__main__`` only, so the binaries
-  can be imported together)."""
-  flags.DEFINE_list("model", [_d.model], f"Model(s), comma-separated, some of {sorted(pm.MODELS)}.")
-  flags.DEFINE_integer("hidden", _d.hidden, "Hidden size n (LSTM: cell size).")
-  flags.DEFINE_enum("activation", _d.activation, list(pm.ACTIVATIONS), "Activation of the RNN/URNN cells.")
-  flags.DEFINE_enum("optimizer", _d.optimizer, sorted(pm.OPTIMIZERS), "Optimiser (RMSProp, as in the paper).")
-  flags.DEFINE_list("learning_rate", [f"{_d.learning_rate:g}"], "Learning rate(s), comma-separated.")
-  flags.DEFINE_float("grad_clip", _d.grad_clip, "Clip gradients to this global norm (0: off).")
-  flags.DEFINE_float("contraction", _d.contraction, "ContRNN: largest allowed singular value of W.")
-  flags.DEFINE_integer("epochs", _d.epochs, "Maximum number of epochs.")
-  flags.DEFINE_integer("batch_size", _d.batch_size, "Training batch size.")
-  flags.DEFINE_integer("patience", _d.patience,
-                       "Early stopping: stop after this many epochs without a better validation accuracy (0: off).")
-  flags.DEFINE_enum("dataset", _d.dataset, list(images.DATASETS), "Dataset.")
-  flags.DEFINE_string("data_dir", None, "tfds data_dir and/or directory of IDX files.")
-  flags.DEFINE_enum("source", _d.source, list(images.SOURCES), "Where to read the data (auto: tfds, then IDX).")
-  flags.DEFINE_integer("num_validation", _d.num_validation, "Training examples held out for validation.")
-  flags.DEFINE_integer("train_subset", _d.train_subset, "Train on only this many examples (0: all).")
-  flags.DEFINE_integer("eval_subset", _d.eval_subset, "Validate and test on only this many examples (0: all).")
-  flags.DEFINE_integer("max_steps_per_epoch", _d.max_steps_per_epoch, "Cap on steps per epoch (0: a full pass).")
-  flags.DEFINE_integer("eval_batch_size", _d.eval_batch_size, "Evaluation chunk size.")
-  flags.DEFINE_integer("checkpoint_every", _d.checkpoint_every,
-                       "Also checkpoint every this many steps within an epoch (0: epoch ends only).")
-  flags.DEFINE_integer("unroll", _d.unroll, "lax.scan unroll factor.")
-  flags.DEFINE_integer("seed", _d.seed, "Seed of the pixel permutation, validation split, init and batches.")
-  flags.DEFINE_bool("permute", _d.permute, "Permute the pixels (--nopermute: sequential pixel MNIST).")
+  """Defines this binary's flags, one per field of ``pm.Config`` (called by
+  ``__main__`` only, so the binaries can be imported together)."""
+  config_lib.define_flags(pm.Config, sweep=SWEEP, aliases=ALIASES)
   flags.DEFINE_string("workdir", "runs/permuted_mnist", "Output and checkpoint directory.")
 
 
@@ -77,44 +60,12 @@ FLAGS = flags.FLAGS
 
 def configs_from_flags() -> list[pm.Config]:
   try:
-    lrs = [float(v) for v in FLAGS.learning_rate]
-  except ValueError:
-    raise app.UsageError(f"--learning_rate must be numbers, got {FLAGS.learning_rate}.") from None
-  if not FLAGS.model or not lrs:
-    raise app.UsageError("--model and --learning_rate need at least one value.")
-  configs = [
-      pm.Config(
-          dataset=FLAGS.dataset,
-          data_dir=FLAGS.data_dir,
-          source=FLAGS.source,
-          model=model,
-          hidden=FLAGS.hidden,
-          activation=FLAGS.activation,
-          optimizer=FLAGS.optimizer,
-          learning_rate=lr,
-          grad_clip=FLAGS.grad_clip,
-          contraction=FLAGS.contraction,
-          batch_size=FLAGS.batch_size,
-          epochs=FLAGS.epochs,
-          patience=FLAGS.patience,
-          num_validation=FLAGS.num_validation,
-          train_subset=FLAGS.train_subset,
-          eval_subset=FLAGS.eval_subset,
-          max_steps_per_epoch=FLAGS.max_steps_per_epoch,
-          eval_batch_size=FLAGS.eval_batch_size,
-          checkpoint_every=FLAGS.checkpoint_every,
-          unroll=FLAGS.unroll,
-          seed=FLAGS.seed,
-          permute=FLAGS.permute,
-      )
-      for model in FLAGS.model
-      for lr in lrs
-  ]
-  for config in configs:
-    try:
+    registry.check_names(FLAGS.model, field="model")
+    configs = config_lib.configs_from_flags(pm.Config, FLAGS, sweep=SWEEP)
+    for config in configs:
       config.validate()
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   return configs
 
 
@@ -129,8 +80,16 @@ def main(argv):
   except images.DatasetNotFoundError as e:
     raise SystemExit(f"error: {e}") from None
   print(f"data: {data.source}, sizes {data.sizes()}, permutation {images.permutation_digest(data.permutation)}")
+  try:
+    for config in configs:
+      pm.steps_per_epoch(config, len(data.train_y))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   for config in configs:
-    r = pm.train_and_evaluate(config, FLAGS.workdir, data)
+    try:
+      r = pm.train_and_evaluate(config, FLAGS.workdir, data)
+    except training.ConfigMismatchError as e:
+      raise app.UsageError(str(e)) from None
     acc = "n/a" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.2f}%"
     print(
         f"{r['run']}: test accuracy {acc} at best validation epoch {r['best_epoch']}"

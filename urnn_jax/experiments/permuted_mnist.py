@@ -2,56 +2,37 @@ r"""Permuted pixel MNIST (seed 000, Fig. 4): URNN vs ContRNN vs RNN (vs LSTM).
 
 The logic behind ``python -m train.permuted_mnist``. Each image is a sequence
 of 784 pixels (one feature, in [0, 1]) in a fixed random order drawn from
-``seed``; a classifier reads the last hidden state. Training uses RMSProp by
-default, as in the paper, with validation-based early stopping: the
-validation accuracy is measured after every epoch, training stops after
-``patience`` epochs without improvement, and the reported test accuracy is
-that of the parameters from the best validation epoch.
+``seed``; a classifier reads the last hidden state of any model of the
+registry :data:`urnn_jax.models.MODELS` (the paper's: ``urnn``, SVD
+projection; ``contrnn``, singular values clipped to ``contraction``; ``rnn``;
+``lstm``). RMSProp by default, as in the paper, with validation-based early
+stopping: the validation accuracy is measured after every epoch, training
+stops after ``patience`` epochs without improvement, and the reported test
+accuracy is that of the parameters from the best validation epoch.
 
-One *run* is a (dataset, model, hidden, learning rate, seed); it writes,
-under ``workdir/<run_name>/``:
+One *run* is a (dataset, model, hidden, learning rate, seed), trained by
+:func:`urnn_jax.training.fit`; under ``workdir/<run_name>/`` it writes
+``config.json`` (a resumed run must match it but for :data:`RESUMABLE`),
+``checkpoints/`` (the state with the history, at each epoch end or every
+``checkpoint_every`` steps), ``best/`` (the best-validation parameters),
+``history.json``, ``results.json``, ``history.csv`` and
+``learning_curve.png``. Epochs count from 0 in the files, from 1 on the
+plots. :func:`write_summary` gathers every run under ``workdir`` into
+``summary.{json,csv,md}`` and ``comparison.png`` (Fig. 4's view).
 
-* ``config.json``: the configuration (a resumed run must match it, except
-  ``epochs``, ``patience`` and where the data comes from);
-* ``checkpoints/``: orbax checkpoints of the :class:`~urnn_jax.training.TrainState`
-  (each epoch end, and every ``checkpoint_every`` steps);
-* ``best/``: orbax checkpoints of the best-validation parameters;
-* ``history.json``: the per-epoch curve and timings;
-* ``results.json``, ``history.csv``, ``learning_curve.png``.
-
-Epochs are counted from 0 in the files (``best_epoch``, ``history``) and from
-1 on the plots' axes.
-
-:func:`write_summary` gathers every run under ``workdir`` into
-``summary.{json,csv,md}`` and ``comparison.png`` (the Fig. 4 view).
-
-Determinism: the permutation and the validation split come from ``seed``;
-the parameters from ``fold_in(key(seed), 0)``; the batches of epoch e from
-``fold_in(fold_in(key(seed), 1), e)``. A resumed run draws the same batches
-as an uninterrupted one.
-
-Models (``MODELS``):
-
-===========  =================================================================
-``urnn``     :class:`~urnn_jax.OrthogonalRNNCell` (Haar init); after each
-             optimiser step W is projected back onto the orthogonal group by
-             SVD (:func:`urnn_jax.optim.orthogonal_projection`), as the paper.
-``contrnn``  :class:`~urnn_jax.RNNCell` (Haar init) with the singular values of
-             W clipped to ``contraction`` after each step
-             (:func:`urnn_jax.optim.spectral_norm_projection`).
-``rnn``      :class:`~urnn_jax.RNNCell` (Haar init), no constraint.
-``lstm``     flax's ``LSTMCell``.
-===========  =================================================================
+Determinism: the permutation and the validation split come from ``seed``,
+the parameters from ``fold_in(key(seed), 0)``, the batches of epoch e from
+``fold_in(fold_in(key(seed), 1), e)``; a resumed run draws the same batches.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
-import sys
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -59,15 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from urnn_jax import optim
+from urnn_jax import models as registry
 from urnn_jax import training
-from urnn_jax.cells import OrthogonalRNNCell, RNNCell
 from urnn_jax.data import images
 from urnn_jax.recurrent import LastStateClassifier
+from urnn_jax.rnn import ACTIVATIONS
 
 PyTree = Any
-
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity", "leaky_relu", "abs")
 
 # Published anchors on permuted MNIST (test accuracy), for the results table.
 PUBLISHED = {
@@ -76,63 +55,63 @@ PUBLISHED = {
     "LSTM (Arjovsky et al. 2016)": 0.88,
 }
 
+# Fields that may differ when a run is resumed.
+RESUMABLE = ("epochs", "patience", "data_dir", "source", "eval_batch")
 
-# ----------------------------------------------------------------------------
-# Configuration.
+
+def _f(default, help_text, choices=None):
+  meta = {"help": help_text}
+  if choices is not None:
+    meta["choices"] = list(choices)
+  return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """One run. See the binary's flags for the meaning of each field."""
+  """One run (the binary's flags are these fields)."""
 
-  dataset: str = "mnist"
-  data_dir: str | None = None
-  source: str = "auto"
-  model: str = "urnn"
-  hidden: int = 128
-  activation: str = "relu"
-  optimizer: str = "rmsprop"
-  learning_rate: float = 1e-3
-  grad_clip: float = 0.0
-  contraction: float = 1.0
-  batch_size: int = 100
-  epochs: int = 20
-  patience: int = 5
-  num_validation: int = 5000
-  train_subset: int = 0
-  eval_subset: int = 0
-  max_steps_per_epoch: int = 0
-  eval_batch_size: int = 1000
-  checkpoint_every: int = 0
-  unroll: int = 1
-  seed: int = 0
-  permute: bool = True
-
-  # Fields that may differ when a run is resumed.
-  RESUMABLE_CHANGES = ("epochs", "patience", "data_dir", "source")
+  dataset: str = _f("mnist", "Dataset.", images.DATASETS)
+  data_dir: str | None = _f(None, "tfds data_dir and/or directory of IDX files.")
+  source: str = _f("auto", "Where to read the data (auto: tfds, then IDX).", images.SOURCES)
+  model: str = _f("urnn", "Model, a name of urnn_jax.models.MODELS.", registry.MODELS)
+  hidden: int = _f(128, "Hidden size n (LSTM: cell size).")
+  activation: str = _f("relu", "Activation of the eq. (1) cells.", ACTIVATIONS)
+  rnn_init: str = _f("haar", "Initialiser of the free RNN's W (rnn, contrnn).", sorted(registry.RNN_INITS))
+  reproject_every: int = _f(0, "urnn_cayley/urnn_expm: also project W onto the orthogonal group every this"
+                            " many steps (0: never).")
+  optimizer: str = _f("rmsprop", "Optimiser (RMSProp, as in the paper).", sorted(training.OPTIMIZERS))
+  learning_rate: float = _f(1e-3, "Learning rate.")
+  grad_clip: float = _f(0.0, "Clip gradients to this global norm (0: off).")
+  contraction: float = _f(1.0, "ContRNN: largest allowed singular value of W.")
+  batch_size: int = _f(100, "Training batch size.")
+  epochs: int = _f(20, "Maximum number of epochs.")
+  patience: int = _f(5, "Early stopping: stop after this many epochs without a better validation"
+                     " accuracy (0: off).")
+  num_validation: int = _f(5000, "Training examples held out for validation.")
+  train_subset: int = _f(0, "Train on only this many examples (0: all).")
+  eval_subset: int = _f(0, "Validate and test on only this many examples (0: all).")
+  max_steps_per_epoch: int = _f(0, "Cap on steps per epoch (0: a full pass).")
+  eval_batch: int = _f(1000, "Evaluation chunk size.")
+  checkpoint_every: int = _f(0, "Checkpoint every this many steps (0: at every epoch end).")
+  unroll: int = _f(1, "lax.scan unroll factor.")
+  seed: int = _f(0, "Seed of the pixel permutation, validation split, init and batches.")
+  permute: bool = _f(True, "Permute the pixels (--nopermute: sequential pixel MNIST).")
 
   def run_name(self) -> str:
     perm = "" if self.permute else "_sequential"
     return f"{self.dataset}{perm}_{self.model}_h{self.hidden}_lr{self.learning_rate:g}_s{self.seed}"
 
-  def comparable(self) -> dict:
-    d = dataclasses.asdict(self)
-    for k in self.RESUMABLE_CHANGES:
-      d.pop(k)
-    return d
+  def model_options(self) -> registry.ModelOptions:
+    return registry.ModelOptions(hidden=self.hidden, activation=self.activation, rnn_init=self.rnn_init,
+                                 reproject_every=self.reproject_every, contraction=self.contraction)
 
   def validate(self) -> None:
     if self.dataset not in images.DATASETS:
       raise ValueError(f"dataset={self.dataset!r}; expected one of {images.DATASETS}.")
     if self.source not in images.SOURCES:
       raise ValueError(f"source={self.source!r}; expected one of {images.SOURCES}.")
-    if self.model not in MODELS:
-      raise ValueError(f"model={self.model!r}; expected one of {sorted(MODELS)}.")
-    if self.optimizer not in OPTIMIZERS:
-      raise ValueError(f"optimizer={self.optimizer!r}; expected one of {sorted(OPTIMIZERS)}.")
-    if self.activation not in ACTIVATIONS:
-      raise ValueError(f"activation={self.activation!r}; expected one of {ACTIVATIONS}.")
-    for name in ("hidden", "batch_size", "epochs", "num_validation", "eval_batch_size", "unroll"):
+    registry.get(self.model)
+    for name in ("hidden", "batch_size", "epochs", "num_validation", "eval_batch", "unroll"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}.")
@@ -142,73 +121,36 @@ class Config:
         raise ValueError(f"{name} must be an int >= 0 (0: off), got {v!r}.")
     if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
       raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}.")
-    if not self.grad_clip >= 0:
-      raise ValueError(f"grad_clip must be >= 0 (0: off), got {self.grad_clip}.")
-    if not (self.contraction > 0 and math.isfinite(self.contraction)):
-      raise ValueError(f"contraction must be a finite number > 0, got {self.contraction}.")
+    self.model_options().validate()  # hidden, activation, rnn_init, reproject_every, contraction
+    make_optimizer(self)  # optimizer, grad_clip
 
 
 # ----------------------------------------------------------------------------
-# Models and optimisers.
-
-
-class ModelSpec(NamedTuple):
-  """How to build a model: its cell, and the constraint applied after the optimiser."""
-
-  cell: Callable[[Config], nn.RNNCellBase]
-  constraint: Callable[[Config], optax.GradientTransformation] | None
-  description: str
-
-
-MODELS: dict[str, ModelSpec] = {
-    "urnn": ModelSpec(
-        lambda c: OrthogonalRNNCell(c.hidden, activation=c.activation),
-        lambda c: optim.orthogonal_projection(method="svd"),
-        "URNN: W orthogonal, SVD projection after each step",
-    ),
-    "contrnn": ModelSpec(
-        lambda c: RNNCell(c.hidden, activation=c.activation),
-        lambda c: optim.spectral_norm_projection(max_value=c.contraction),
-        "ContRNN: singular values of W clipped to <= contraction after each step",
-    ),
-    "rnn": ModelSpec(
-        lambda c: RNNCell(c.hidden, activation=c.activation),
-        None,
-        "RNN: free W",
-    ),
-    "lstm": ModelSpec(lambda c: nn.LSTMCell(c.hidden), None, "LSTM"),
-}
-
-OPTIMIZERS = training.OPTIMIZERS
+# Model, optimiser, steps.
 
 
 def make_model(config: Config) -> nn.Module:
-  """``LastStateClassifier`` over the model's cell, 10 classes."""
-  return LastStateClassifier(MODELS[config.model].cell(config), images.NUM_CLASSES, unroll=config.unroll)
+  """``LastStateClassifier`` over the registry model's cell, 10 classes."""
+  cell = registry.make_cell(config.model, config.model_options())
+  return LastStateClassifier(cell, images.NUM_CLASSES, unroll=config.unroll)
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-  """Clip (optional), the optimiser, then the model's constraint on ``recurrent_kernel``."""
+  """Clip (optional), the optimiser, then the model's constraint (:func:`urnn_jax.models.make_tx`)."""
   tx = training.make_optimizer(config.optimizer, config.learning_rate, grad_clip=config.grad_clip)
-  constraint = MODELS[config.model].constraint
-  return tx if constraint is None else optim.constrained(tx, constraint(config))
+  return registry.make_tx(config.model, tx, config.model_options())
 
 
-def init_params(config: Config, model: nn.Module) -> PyTree:
+def init_variables(config: Config, model: nn.Module) -> tuple[PyTree, dict]:
+  """``(params, constants)``: the trainable parameters and the other collections ({} or {'constants': ...})."""
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
   dummy = jnp.zeros((1, 1, 1), jnp.float32)  # the parameters do not depend on the length
-  variables = model.init(key, dummy)
-  if set(variables) != {"params"}:
-    raise ValueError(f"{config.model}: unexpected variable collections {sorted(variables)}.")
-  return variables["params"]
+  variables = dict(model.init(key, dummy))
+  return variables.pop("params"), variables
 
 
 def data_key(config: Config) -> jax.Array:
   return jax.random.fold_in(jax.random.key(config.seed), 1)
-
-
-# ----------------------------------------------------------------------------
-# Steps.
 
 
 def loss_and_metrics(logits, labels):
@@ -217,34 +159,24 @@ def loss_and_metrics(logits, labels):
   return ce, correct
 
 
-def _global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+def make_loss_fn(model: nn.Module, constants: dict):
+  """``loss_fn(params, (x_uint8 (B, 784), y (B,))) -> (loss, {"loss", "accuracy"})`` for
+  :func:`urnn_jax.training.make_train_step`."""
+
+  def loss_fn(params, batch):
+    x, y = batch
+    ce, correct = loss_and_metrics(model.apply({"params": params, **constants}, images.to_inputs(x)), y)
+    loss = jnp.mean(ce)
+    return loss, {"loss": loss, "accuracy": jnp.mean(correct)}
+
+  return loss_fn
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
-  """``train_step(state, x_uint8 (B, 784), y (B,)) -> (state, metrics)`` (jittable)."""
-
-  def loss_fn(params, x, y):
-    logits = model.apply({"params": params}, images.to_inputs(x))
-    ce, correct = loss_and_metrics(logits, y)
-    return jnp.mean(ce), jnp.mean(correct)
-
-  def train_step(state: training.TrainState, x, y):
-    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, y)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "accuracy": acc, "grad_norm": _global_norm(grads)}
-    return training.TrainState(state.step + 1, params, opt_state), metrics
-
-  return train_step
-
-
-def make_eval_step(model: nn.Module):
+def make_eval_step(model: nn.Module, constants: dict):
   """``eval_step(params, x, y, mask) -> (sum of losses, number correct)`` (jittable)."""
 
   def eval_step(params, x, y, mask):
-    logits = model.apply({"params": params}, images.to_inputs(x))
-    ce, correct = loss_and_metrics(logits, y)
+    ce, correct = loss_and_metrics(model.apply({"params": params, **constants}, images.to_inputs(x)), y)
     return jnp.sum(jnp.where(mask, ce, 0.0)), jnp.sum(jnp.where(mask, correct, False))
 
   return eval_step
@@ -280,50 +212,6 @@ def evaluate(eval_fn, params, data: EvalSet) -> dict:
 
 
 # ----------------------------------------------------------------------------
-# Early stopping.
-
-
-@dataclasses.dataclass
-class EarlyStopping:
-  """Validation-based early stopping on a metric to maximise (accuracy).
-
-  ``update(epoch, value)`` records one epoch's validation value and returns
-  True when it is a new best (strictly better than the best by more than
-  ``min_delta``; ties keep the earlier epoch). ``should_stop`` is True once
-  ``patience`` epochs in a row have not improved (``patience=0``: never).
-  """
-
-  patience: int
-  min_delta: float = 0.0
-  best_value: float = -math.inf
-  best_epoch: int | None = None
-  epochs_without_improvement: int = 0
-
-  def update(self, epoch: int, value: float) -> bool:
-    value = float(value)
-    if math.isfinite(value) and (self.best_epoch is None or value > self.best_value + self.min_delta):
-      self.best_value, self.best_epoch = value, int(epoch)
-      self.epochs_without_improvement = 0
-      return True
-    self.epochs_without_improvement += 1
-    return False
-
-  @property
-  def should_stop(self) -> bool:
-    return self.patience > 0 and self.epochs_without_improvement >= self.patience
-
-  @classmethod
-  def replay(cls, values: Sequence[float], patience: int, min_delta: float = 0.0) -> "EarlyStopping":
-    """The state after the epochs ``0, 1, ...`` had ``values`` (stops feeding once it would stop)."""
-    es = cls(patience, min_delta)
-    for epoch, v in enumerate(values):
-      if es.should_stop:
-        break
-      es.update(epoch, v)
-    return es
-
-
-# ----------------------------------------------------------------------------
 # Training one run.
 
 
@@ -335,197 +223,105 @@ def load_data(config: Config, *, log=print) -> images.SequenceSplits:
 
 
 def sequences_for(config: Config, dataset: images.ImageDataset) -> images.SequenceSplits:
-  return images.permuted_sequences(
-      dataset,
-      seed=config.seed,
-      num_validation=config.num_validation,
-      permute=config.permute,
-      train_subset=config.train_subset,
-      eval_subset=config.eval_subset,
-  )
+  return images.permuted_sequences(dataset, seed=config.seed, num_validation=config.num_validation,
+                                   permute=config.permute, train_subset=config.train_subset,
+                                   eval_subset=config.eval_subset)
 
 
 def steps_per_epoch(config: Config, num_train: int) -> int:
   if config.batch_size > num_train:
-    raise ValueError(
-        f"batch_size={config.batch_size} is larger than the training set ({num_train} examples)."
-    )
+    raise ValueError(f"batch_size={config.batch_size} is larger than the training set ({num_train} examples).")
   spe = num_train // config.batch_size
   return min(spe, config.max_steps_per_epoch) if config.max_steps_per_epoch else spe
 
 
-def _check_config(config: Config, run_dir: str) -> None:
-  path = os.path.join(run_dir, "config.json")
-  current = training.to_jsonable(config.comparable())
-  if os.path.exists(path):
-    saved = {k: v for k, v in training.read_json(path).items() if k not in Config.RESUMABLE_CHANGES}
-    diff = sorted(k for k in set(current) | set(saved) if current.get(k) != saved.get(k))
-    if diff:
-      detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in diff)
-      raise ValueError(
-          f"{run_dir} holds a run with a different configuration ({detail}). Use another"
-          " --workdir, or the saved flags to resume."
-      )
-  training.write_json(path, dataclasses.asdict(config))
-
-
-def _num_params(params) -> int:
-  return int(sum(np.size(x) for x in jax.tree.leaves(params)))
-
-
-def train_and_evaluate(
-    config: Config,
-    workdir: str,
-    data: images.SequenceSplits | None = None,
-    *,
-    log=print,
-    progress_stream=None,
-) -> dict:
+def train_and_evaluate(config: Config, workdir: str, data: images.SequenceSplits | None = None, *,
+                       log=print, progress_stream=None, stop_after: int | None = None) -> dict:
   """Trains (or resumes) one run with early stopping; returns its results.
 
   The results (also written to ``workdir/<run_name>/results.json``) hold the
   test accuracy of the best-validation parameters (``test_accuracy``), the
   best epoch, the per-epoch history and timings. A run that diverges (NaN)
-  stops there and reports the best epoch before it.
+  stops there and reports the best epoch before it. ``stop_after`` (tests):
+  stop after a checkpoint at that step, as a kill would; nothing is written
+  then but the checkpoints and the history.
   """
   config.validate()
   if data is None:
     data = load_data(config, log=log)
-  run_dir = os.path.join(workdir, config.run_name())
-  os.makedirs(run_dir, exist_ok=True)
-  _check_config(config, run_dir)
   name = config.run_name()
+  run_dir = os.path.join(workdir, name)
+  n_train = len(data.train_y)
+  spe = steps_per_epoch(config, n_train)
+  training.prepare_run_dir(run_dir, config, resumable=RESUMABLE)
+  history_path = os.path.join(run_dir, "history.json")
+  saved_spe = training.read_json(history_path).get("steps_per_epoch", spe) if os.path.exists(history_path) else spe
+  if saved_spe != spe:
+    raise training.ConfigMismatchError(f"{run_dir} holds a run with steps_per_epoch {saved_spe} != {spe} now.")
 
   model = make_model(config)
   tx = make_optimizer(config)
-  params0 = init_params(config, model)
-  state = training.create_train_state(params0, tx)
-  n_train = len(data.train_y)
-  spe = steps_per_epoch(config, n_train)
-  total_steps = config.epochs * spe
-  dkey = data_key(config)
+  params0, constants = init_variables(config, model)
+  state0 = training.create_train_state(params0, tx)
+  abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params0)
+  eval_batch = min(config.eval_batch, max(len(data.valid_y), len(data.test_y)))
+  valid = make_eval_set(data.valid_x, data.valid_y, eval_batch)
+  test = make_eval_set(data.test_x, data.test_y, eval_batch)
 
-  history_path = os.path.join(run_dir, "history.json")
-  ckpt = training.Checkpoints(os.path.join(run_dir, "checkpoints"), max_to_keep=2)
-  best_ckpt = training.Checkpoints(os.path.join(run_dir, "best"), max_to_keep=2)
-  try:
-    history: list[dict] = []
-    meta: dict = {"compile_seconds": None, "diverged": None}
-    best_params = None
-    latest = ckpt.latest_step()
-    if latest is not None:
-      state = ckpt.restore(state)
-      saved = training.read_json(history_path) if os.path.exists(history_path) else {}
-      if saved.get("steps_per_epoch", spe) != spe:
-        raise ValueError(f"{run_dir}: saved steps_per_epoch {saved['steps_per_epoch']} != {spe}.")
-      done_epochs = int(state.step) // spe
-      history = [h for h in saved.get("history", []) if h["epoch"] < done_epochs]
-      meta["compile_seconds"] = saved.get("compile_seconds")
-      div = saved.get("diverged")
-      if div is not None and div["step"] > int(state.step):
-        meta["diverged"] = div  # Deterministic: resuming would diverge again.
-      log(f"[{name}] resumed at step {int(state.step)} (epoch {done_epochs}, {len(history)} epochs recorded)")
-    es = EarlyStopping.replay([h["val_accuracy"] for h in history], config.patience)
-    if es.best_epoch is not None:
-      best_step = history[es.best_epoch]["step"]
-      best_params = best_ckpt.restore(state.params, step=best_step)
-      if best_params is None:
-        raise RuntimeError(f"{run_dir}: the best-validation checkpoint (step {best_step}) is missing.")
+  fns = {}
 
-    eval_batch = min(config.eval_batch_size, max(len(data.valid_y), len(data.test_y)))
-    valid = make_eval_set(data.valid_x, data.valid_y, eval_batch)
-    test = make_eval_set(data.test_x, data.test_y, eval_batch)
+  def eval_fn():
+    if "eval" not in fns:
+      step = jax.jit(make_eval_step(model, constants))
+      fns["eval"] = step.lower(abstract_params, valid.x[0], valid.y[0], valid.mask[0]).compile()
+    return fns["eval"]
 
-    def write_history():
-      training.write_json(history_path, {
-          "run": name, "steps_per_epoch": spe, "history": history, **meta})
-
-    start = int(state.step)
-    finished = es.should_stop or meta["diverged"] is not None or start >= total_steps
-
-    # Compile ahead of time, so the compile time is reported apart.
+  def compile_steps() -> float:
+    # Ahead of time, so the compile time is reported apart.
     t0 = time.perf_counter()
-    eval_fn = jax.jit(make_eval_step(model)).lower(state.params, valid.x[0], valid.y[0], valid.mask[0]).compile()
-    if not finished:
-      xb = np.zeros((config.batch_size, images.SEQUENCE_LENGTH), np.uint8)
-      yb = np.zeros((config.batch_size,), np.int32)
-      step_fn = jax.jit(make_train_step(model, tx), donate_argnums=0).lower(state, xb, yb).compile()
-      if meta["compile_seconds"] is None:
-        meta["compile_seconds"] = time.perf_counter() - t0
-    stream = sys.stderr if progress_stream is None else progress_stream
-    tty = hasattr(stream, "isatty") and stream.isatty()
-    progress = training.Progress(total_steps, name, initial=min(start, total_steps), stream=stream,
-                                 min_interval=0.5 if tty else 10.0)  # log files: a line per 10 s
-    epoch = start // spe
-    while not finished and epoch < config.epochs:
-      idx = training.batch_indices(jax.random.fold_in(dkey, epoch), n_train, config.batch_size)[:spe]
-      sums = {"loss": 0.0, "accuracy": 0.0}
-      count = 0
-      t_epoch = time.perf_counter()
-      for i in range(int(state.step) - epoch * spe, spe):
-        b = idx[i]
-        state, m = step_fn(state, data.train_x[b], data.train_y[b])
-        m = jax.device_get(m)
-        step = int(state.step)
-        try:
-          training.check_finite(m, where=f"{name} step {step}")
-        except training.DivergenceError as e:
-          meta["diverged"] = {"step": step, "epoch": epoch, "message": str(e)}
-          log(f"[{name}] {e}")
-          break
-        sums["loss"] += float(m["loss"])
-        sums["accuracy"] += float(m["accuracy"])
-        count += 1
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step % spe:
-          ckpt.save(step, state)
-        progress.update(1, postfix=f"ep {epoch} loss {m['loss']:.3f} acc {m['accuracy']:.2f}")
-      if meta["diverged"] is not None:
-        write_history()
-        break
-      train_seconds = time.perf_counter() - t_epoch
-      t_eval = time.perf_counter()
-      val = evaluate(eval_fn, state.params, valid)
-      eval_seconds = time.perf_counter() - t_eval
-      entry = {
-          "epoch": epoch,
-          "step": int(state.step),
-          "train_loss": sums["loss"] / max(count, 1),
-          "train_accuracy": sums["accuracy"] / max(count, 1),
-          "val_loss": val["loss"],
-          "val_accuracy": val["accuracy"],
-          "train_seconds": train_seconds,
-          "train_steps": count,
-          "eval_seconds": eval_seconds,
-      }
-      history.append(entry)
-      improved = es.update(epoch, val["accuracy"])
-      entry["best_so_far"] = es.best_epoch
-      if improved:
-        best_params = jax.tree.map(np.array, state.params)  # a copy: state is donated
-        best_ckpt.save(int(state.step), state.params)
-      # Order: best params, then the history that points at them, then the state.
-      write_history()
-      ckpt.save(int(state.step), state)
-      log(
-          f"[{name}] epoch {epoch}: train loss {entry['train_loss']:.4f} acc"
-          f" {entry['train_accuracy']:.4f} | val loss {val['loss']:.4f} acc {val['accuracy']:.4f}"
-          f"{' (best)' if improved else ''} | {train_seconds:.1f}s train, {eval_seconds:.1f}s eval"
-      )
-      progress.update(0, postfix=f"ep {epoch} val acc {val['accuracy']:.4f} best {es.best_value:.4f}@{es.best_epoch}",
-                      force=True)
-      epoch += 1
-      if es.should_stop:
-        log(f"[{name}] early stop after epoch {epoch - 1}: no improvement for {config.patience} epochs")
-        break
-    progress.close()
-    write_history()
-  finally:
-    ckpt.close()
-    best_ckpt.close()
+    eval_fn()
+    batch = (np.zeros((config.batch_size, images.SEQUENCE_LENGTH), np.uint8), np.zeros((config.batch_size,), np.int32))
+    step = jax.jit(training.make_train_step(make_loss_fn(model, constants), tx), donate_argnums=0)
+    fns["train"] = step.lower(state0, batch).compile()
+    epoch_batches(0)  # compiles the shuffle too
+    return time.perf_counter() - t0
 
-  if best_params is not None:
+  @functools.lru_cache(maxsize=1)
+  def epoch_batches(epoch: int) -> np.ndarray:
+    return training.batch_indices(jax.random.fold_in(data_key(config), epoch), n_train, config.batch_size)[:spe]
+
+  def batch_fn(step: int):
+    b = epoch_batches(step // spe)[step % spe]
+    return data.train_x[b], data.train_y[b]
+
+  def evaluate_state(state) -> dict:
+    val = evaluate(eval_fn(), state.params, valid)
+    return {"epoch": int(state.step) // spe - 1, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+
+  def report(state, step, entry):
+    if entry is None:
+      return None
+    best = entry.get("best_so_far") == entry["epoch"]
+    log(f"[{name}] epoch {entry['epoch']}: train loss {entry['train_loss']:.4f} acc"
+        f" {entry['train_accuracy']:.4f} | val loss {entry['val_loss']:.4f} acc {entry['val_accuracy']:.4f}"
+        f"{' (best)' if best else ''} | {entry['train_seconds']:.1f}s train, {entry['eval_seconds']:.1f}s eval")
+    return f"ep {entry['epoch']} val acc {entry['val_accuracy']:.4f} best@{entry.get('best_so_far')}"
+
+  out = training.fit(
+      state0, training.stepwise(lambda state, batch: fns["train"](state, batch), batch_fn),
+      total_steps=config.epochs * spe, eval_every=spe, evaluate=evaluate_state, train_metrics="mean",
+      checkpoint_dir=os.path.join(run_dir, "checkpoints"), checkpoint_every=config.checkpoint_every,
+      early_stopping=training.EarlyStopping(config.patience), monitor="val_accuracy",
+      best_dir=os.path.join(run_dir, "best"), history_path=history_path,
+      history_extra={"run": name, "steps_per_epoch": spe}, compile=compile_steps, postfix=report,
+      desc=name, log=log, progress_stream=progress_stream, stop_after=stop_after)
+  history, es = out.history, out.early_stopping
+  diverged = None if out.diverged is None else {**out.diverged, "epoch": (out.diverged["step"] - 1) // spe}
+  steps = int(out.state.step) if diverged is None else min(int(out.state.step), diverged["step"])
+
+  if out.best_params is not None:
     t_test = time.perf_counter()
-    test_metrics = evaluate(eval_fn, best_params, test)
+    test_metrics = evaluate(eval_fn(), out.best_params, test)
     test_seconds = time.perf_counter() - t_test
   else:
     test_metrics, test_seconds = {"loss": None, "accuracy": None}, 0.0
@@ -536,15 +332,15 @@ def train_and_evaluate(
   results = {
       "run": name,
       "config": dataclasses.asdict(config),
-      "model_description": MODELS[config.model].description,
-      "num_params": _num_params(state.params),
+      "model_description": registry.get(config.model).description,
+      "num_params": int(sum(np.size(x) for x in jax.tree.leaves(out.state.params))),
       "data_source": data.source,
       "permutation_sha256_16": images.permutation_digest(data.permutation),
       "split_sha256_16": images.split_digest(data),
       "sizes": data.sizes(),
       "steps_per_epoch": spe,
       "epochs_run": len(history),
-      "steps": int(state.step),
+      "steps": steps,
       "best_epoch": es.best_epoch,
       "best_step": best.get("step"),
       "best_val_accuracy": best.get("val_accuracy"),
@@ -552,17 +348,19 @@ def train_and_evaluate(
       "test_accuracy": test_metrics["accuracy"],
       "test_loss": test_metrics["loss"],
       "stopped_early": es.should_stop,
-      "diverged": meta["diverged"],
-      "compile_seconds": meta["compile_seconds"],
+      "diverged": diverged,
+      "compile_seconds": out.meta["compile_seconds"],
       "mean_epoch_train_seconds": float(np.mean(train_secs)) if train_secs else None,
       "mean_step_seconds": float(sum(train_secs) / sum(steps_done)) if sum(steps_done) else None,
       "mean_epoch_eval_seconds": float(np.mean([h["eval_seconds"] for h in history])) if history else None,
       "test_eval_seconds": test_seconds,
       "history": history,
   }
+  if out.interrupted:
+    return {**results, "interrupted": True}
   training.write_json(os.path.join(run_dir, "results.json"), results)
   if history:
-    training.write_csv(os.path.join(run_dir, "history.csv"), history)
+    training.write_csv(os.path.join(run_dir, "history.csv"), [{"epoch": h["epoch"], **h} for h in history])
     plot_learning_curve(os.path.join(run_dir, "learning_curve.png"), results)
   return results
 
@@ -620,34 +418,15 @@ def summary_row(results: dict) -> dict:
   return {
       "run": results["run"],
       "dataset": c["dataset"] + ("" if c["permute"] else " (sequential)"),
-      "model": c["model"],
-      "hidden": c["hidden"],
-      "learning_rate": c["learning_rate"],
-      "optimizer": c["optimizer"],
+      **{k: c[k] for k in ("model", "hidden", "learning_rate", "optimizer")},
       "train_examples": results["sizes"]["train"],
-      "steps_per_epoch": results["steps_per_epoch"],
-      "epochs_run": results["epochs_run"],
-      "best_epoch": results["best_epoch"],
-      "best_val_accuracy": results["best_val_accuracy"],
-      "test_accuracy": results["test_accuracy"],
-      "stopped_early": results["stopped_early"],
+      **{k: results[k] for k in ("steps_per_epoch", "epochs_run", "best_epoch", "best_val_accuracy",
+                                 "test_accuracy", "stopped_early")},
       "diverged": results["diverged"] is not None,
       "sec_per_epoch": results["mean_epoch_train_seconds"],
       "sec_per_step": results["mean_step_seconds"],
-      "compile_seconds": results["compile_seconds"],
-      "num_params": results["num_params"],
+      **{k: results[k] for k in ("compile_seconds", "num_params")},
   }
-
-
-def collect_results(workdir: str) -> list[dict]:
-  """Every run's ``results.json`` under ``workdir`` (sorted by run name)."""
-  out = []
-  if os.path.isdir(workdir):
-    for name in sorted(os.listdir(workdir)):
-      path = os.path.join(workdir, name, "results.json")
-      if os.path.exists(path):
-        out.append(training.read_json(path))
-  return out
 
 
 def _fmt_row(row: dict) -> dict:
@@ -662,7 +441,7 @@ def _fmt_row(row: dict) -> dict:
 
 def write_summary(workdir: str) -> dict:
   """``summary.{json,csv,md}`` and ``comparison.png`` over every run in ``workdir``."""
-  runs = collect_results(workdir)
+  runs = training.collect_json(workdir)
   rows = [summary_row(r) for r in runs]
   if not rows:
     return {"rows": [], "table": ""}
@@ -675,8 +454,7 @@ def write_summary(workdir: str) -> dict:
       + "\n\nPublished permuted-MNIST anchors (full MNIST, long training, large models; not"
       " comparable to CPU-budget runs):\n" + anchors + "\n"
   )
-  with open(os.path.join(workdir, "summary.md"), "w") as f:
-    f.write(text)
+  training.atomic_write(os.path.join(workdir, "summary.md"), text)
   plot_comparison(os.path.join(workdir, "comparison.png"), runs)
   return {"rows": rows, "table": table, "text": text}
 
