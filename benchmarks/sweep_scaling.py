@@ -22,8 +22,8 @@ step per Python call (``speedup_vs_per_step_dispatch``).
 
 The training step is the system-identification experiment's own
 (``urnn_jax.experiments.system_id.programs``: a jitted ``lax.scan`` over
-steps of a vmapped ``value_and_grad`` + optax update, with divergence
-guards) when ``--step=system_id`` (the default); ``--step=minimal`` uses the
+steps of :func:`urnn_jax.training.make_train_step` under ``jax.vmap``, with
+the per-realization divergence guards) when ``--step=system_id`` (the default); ``--step=minimal`` uses the
 self-contained vmapped step written here (plain ``value_and_grad`` + optax,
 no guards), for comparison or if the experiment module changes.
 
@@ -134,19 +134,19 @@ def _system_id_trainer(model: str, settings: Settings, seq_len: int) -> Trainer:
 
   def init(r):
     config = system_id.Config(models=(model,), hidden=(settings.hidden,), realizations=r,
-                              epochs=1, seq_len=seq_len, batch_size=settings.batch_size,
+                              epochs=1, length=seq_len, batch_size=settings.batch_size,
                               learning_rate=settings.learning_rate)
     x_example = jnp.zeros((settings.batch_size, seq_len, INPUTS))
-    return system_id.init_carry(progs, config, settings.hidden, x_example)
+    return system_id.init_carry(progs, config, settings.hidden, x_example)  # (carry, constants)
 
   def run(carry, x, y):
-    return progs.chunk(carry, x, y, idx)
+    return progs.chunk(carry[0], carry[1], x, y, idx), carry[1]
 
   def run_one(carry, x, y):
-    return progs.chunk(carry, x, y, idx[:1])
+    return progs.chunk(carry[0], carry[1], x, y, idx[:1]), carry[1]
 
   return Trainer(init, run, run_one, "urnn_jax.experiments.system_id.programs(...).chunk "
-                 "(jitted lax.scan over steps of a vmapped value_and_grad + optax update)")
+                 "(jitted lax.scan over steps of training.make_train_step under vmap)")
 
 
 def _minimal_trainer(model: str, settings: Settings, seq_len: int) -> Trainer:

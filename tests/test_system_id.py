@@ -11,11 +11,14 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from urnn_jax import models as registry
 from urnn_jax import orthogonal
 from urnn_jax import training
 from urnn_jax.experiments import system_id as sid
@@ -28,7 +31,7 @@ TINY = sid.Config(
     realizations=2,
     train_sequences=20,
     test_sequences=10,
-    seq_len=30,
+    length=30,
     epochs=2,
     checkpoint_every=0,  # every epoch (2 steps)
 )
@@ -56,7 +59,7 @@ def resumed_run(tmp_path_factory):
   mid_state = None
   if os.path.isdir(ckpt):
     progs = sid.config_programs(config, "urnn", 2)
-    target = sid.init_carry(progs, config, 2, jnp.zeros((1, 2, 2)))
+    target, _ = sid.init_carry(progs, config, 2, jnp.zeros((1, 2, 2)))
     with training.Checkpoints(ckpt) as c:
       mid_state = (c.latest_step(), c.restore(target))
   full = sid.run(config, workdir, log=quiet)
@@ -76,7 +79,7 @@ def test_end_to_end_writes_results_and_plot(first_run):
     assert len(res["test_r2"]) == 2 and len(res["realizations"]) == 2
     assert res["steps"] == 4 and res["resumed_from_step"] == 0
     assert all(np.isfinite(res["test_r2"]))
-  for f in ("settings.json", "data.json", "results.csv", "summary.csv", "summary.md"):
+  for f in ("config.json", "data.json", "results.csv", "summary.csv", "summary.md"):
     assert os.path.getsize(os.path.join(workdir, f)) > 0
   with open(os.path.join(workdir, "r2_vs_hidden.png"), "rb") as f:
     assert f.read(8) == PNG_MAGIC
@@ -145,8 +148,22 @@ def test_same_seed_same_r2_other_seed_differs(first_run, resumed_run, tmp_path):
 
 def test_other_settings_in_same_workdir_are_refused(first_run):
   workdir, _ = first_run
-  with pytest.raises(ValueError, match="other settings"):
+  with pytest.raises(training.ConfigMismatchError, match="different configuration"):
     sid.run(dataclasses.replace(TINY, epochs=3), workdir, log=quiet)
+
+
+def test_old_settings_json_resumes(first_run, tmp_path):
+  """A work directory of the earlier layout (settings.json: the compared fields, seq_len) resumes."""
+  workdir, _ = first_run
+  config = training.read_json(os.path.join(workdir, "config.json"))
+  old = {k: v for k, v in config.items() if k not in sid.RESUMABLE}
+  old["seq_len"] = old.pop("length")
+  training.write_json(os.path.join(tmp_path, "settings.json"), old)
+  training.prepare_run_dir(str(tmp_path), TINY, resumable=sid.RESUMABLE, derived=TINY.derived(),
+                           legacy_filenames=("settings.json",), renamed={"seq_len": "length"})
+  assert training.read_json(os.path.join(tmp_path, "config.json")) == config
+  with pytest.raises(training.ConfigMismatchError, match="length: saved 30 vs now 31"):
+    sid.run(dataclasses.replace(TINY, length=31), str(tmp_path), log=quiet)
 
 
 def test_diverged_realization_is_recorded_not_fatal(tmp_path):
@@ -162,29 +179,53 @@ def test_diverged_realization_is_recorded_not_fatal(tmp_path):
   assert rows[0]["n_diverged"] == 1 and np.isfinite(rows[0]["median_r2"])
   # When every realization diverges the run stops with DivergenceError.
   all_bad = data._replace(y_train=jnp.full_like(data.y_train, jnp.nan))
-  with pytest.raises(training.DivergenceError, match="every realization diverged"):
+  with pytest.raises(training.DivergenceError, match="every realization diverged") as e:
     sid.train_configuration(config, "rnn", 2, all_bad, str(tmp_path / "all_bad"), log=quiet)
+  assert "the last at step 1" in str(e.value) and "No checkpoint had been written" in str(e.value)
+
+
+def test_non_finite_optimizer_state_is_a_divergence():
+  """A step whose parameters are finite but whose optimiser state is not is rejected too."""
+  config = dataclasses.replace(TINY, models=("rnn",), hidden=(2,))
+  data, _ = sid.make_data(config)
+
+  def update(grads, state, params=None):  # no change to the parameters; inf state on huge gradients
+    big = optax.tree.norm(grads) > 1e4
+    return jax.tree.map(jnp.zeros_like, grads), {"s": jnp.where(big, jnp.inf, state["s"])}
+
+  tx = optax.GradientTransformation(lambda p: {"s": jnp.zeros(())}, update)
+  progs = sid.build_programs(sid.make_model("rnn", 2), tx, steps_per_epoch=2)
+  carry, constants = sid.init_carry(progs, config, 2, data.x_train[0, :1, :2])
+  y = data.y_train.at[0].multiply(1e8)  # realization 0: huge gradients
+  carry = progs.chunk(carry, constants, data.x_train, y, jnp.asarray(sid.epoch_order(config, 0)))
+  assert carry.alive.tolist() == [0, 1] and carry.diverged_step.tolist() == [0, -1]
+  assert int(carry.state.step) == 2 and bool(jnp.all(jnp.isfinite(carry.state.opt_state["s"])))
+  # The epoch's mean loss was recorded in the scan (the dead realization's steps count 0).
+  assert float(carry.loss_history[0, 0]) == 0.0 and float(carry.loss_history[0, 1]) > 0
+  assert carry.loss_sum.tolist() == [0.0, 0.0]
 
 
 def test_models_and_optimizers():
   # Shapes only (jax.eval_shape traces, compiles nothing): fast.
   x = jax.ShapeDtypeStruct((1, 5, 2), jnp.float32)
   key = jax.random.key(0)
-  for name in sid.MODELS:
+  for name in registry.MODELS:  # Every registry model.
     model = sid.make_model(name, 3)
-    params = jax.eval_shape(lambda k, x: model.init(k, x)["params"], key, x)
-    out = jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, x)
+    variables = jax.eval_shape(model.init, key, x)
+    out = jax.eval_shape(model.apply, variables, x)
     assert out.shape == (1, 5, 2)
-    jax.eval_shape(sid.make_optimizer(name, 0.01).init, params)
+    jax.eval_shape(sid.make_optimizer(name, 0.01).init, variables["params"])
     if name in ("rnn", "urnn", "contrnn"):
-      assert params["rnn"]["cell"]["recurrent_kernel"].shape == (3, 3)
+      assert variables["params"]["rnn"]["cell"]["recurrent_kernel"].shape == (3, 3)
   urnn_params = jax.eval_shape(lambda k, x: sid.make_model("urnn", 3).init(k, x)["params"], key, x)
-  for c in sid.CONSTRAINTS:
+  for c in registry.CONSTRAINTS:
     jax.eval_shape(sid.make_optimizer("urnn", constraint=c).init, urnn_params)
   with pytest.raises(ValueError, match="model"):
     sid.make_model("transformer", 3)
   with pytest.raises(ValueError, match="constraint"):
     sid.make_optimizer("urnn", constraint="qr")
+  with pytest.raises(ValueError, match="constraint='qr'"):
+    dataclasses.replace(TINY, constraint="qr").validate()
   with pytest.raises(ValueError, match="models"):
     dataclasses.replace(TINY, models=("rnn", "mlp")).validate()
   with pytest.raises(ValueError, match="lr_schedule='step'"):
@@ -210,6 +251,47 @@ def test_defaults_decay_and_clip_but_paper_keeps_the_papers_optimiser():
   np.testing.assert_allclose(updates["w"], 0.0, atol=1e-9)
 
 
+def test_registry_models_reproduce_the_earlier_students():
+  """rnn/contrnn: RNNCell relu (Haar), urnn: OrthogonalRNNCell relu; their optimisers as before."""
+  from urnn_jax import cells, optim
+  from urnn_jax.recurrent import SequenceRegressor
+
+  x, key = jnp.ones((1, 4, 2)), jax.random.key(3)
+  for name, cell in (("rnn", cells.RNNCell(3, activation="relu")), ("contrnn", cells.RNNCell(3, activation="relu")),
+                     ("urnn", cells.OrthogonalRNNCell(3, activation="relu")),
+                     ("lstm", nn.LSTMCell(3)), ("gru", nn.GRUCell(3))):
+    got = sid.make_model(name, 3)
+    assert type(got.cell) is type(cell) and getattr(got.cell, "activation", None) == getattr(cell, "activation", None)
+    jax.tree.map(np.testing.assert_array_equal, got.init(key, x), SequenceRegressor(cell, 2).init(key, x))
+  w = 2.0 * jnp.eye(3).at[0, 1].set(0.5)
+  params = {"rnn": {"cell": {"recurrent_kernel": w}}}
+  grads = {"rnn": {"cell": {"recurrent_kernel": jnp.ones((3, 3))}}}
+  for name, constraint, expected in (
+      ("urnn", "projection", optim.orthogonal_projection(method="svd")),
+      ("urnn", "cayley", optim.cayley_retraction()),
+      ("contrnn", "projection", optim.spectral_norm_projection(max_value=1.0)),
+  ):
+    got = sid.make_optimizer(name, 0.01, constraint=constraint)
+    want = optim.constrained(training.make_optimizer("adam", 0.01), expected)
+    a = got.update(grads, got.init(params), params)[0]
+    b = want.update(grads, want.init(params), params)[0]
+    np.testing.assert_array_equal(a["rnn"]["cell"]["recurrent_kernel"], b["rnn"]["cell"]["recurrent_kernel"])
+
+
+def test_other_registry_models_run(tmp_path):
+  """Models beyond the paper's (a parametrised uRNN, the GRU) train here too, in registry order."""
+  config = dataclasses.replace(TINY, models=("gru", "urnn_param_expm"), hidden=(2,), epochs=1)
+  out = sid.run(config, str(tmp_path), log=quiet)
+  assert [r["model"] for r in out["rows"]] == ["urnn_param_expm", "gru"]
+  assert [r["adjusted_hidden"] for r in out["rows"]] == [1.0, 2]
+  res = load(str(tmp_path), "urnn_param_expm_h02")
+  assert all(np.isfinite(res["test_r2"]))
+  assert max(r["orthogonality_error"] for r in res["realizations"]) < 1e-5
+  assert load(str(tmp_path), "gru_h02")["realizations"][0]["orthogonality_error"] is None
+  sid.plot(out["rows"] + [{**out["rows"][0], "model": "not_in_the_registry"}], 0.99,
+           str(tmp_path / "other.png"))  # Unknown models: default label, colour and marker.
+
+
 def test_finding_lines():
   rows = [
       {"model": "rnn", "hidden": 2, "median_r2": 0.5},
@@ -224,15 +306,23 @@ def test_finding_lines():
 
 def test_binary_paper_flag_with_overrides(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # --seq_len: the older name of --length.
   cmd = [sys.executable, "-m", "train.system_id", "--paper", "--models=rnn", "--hidden=2",
          "--train_sequences=10", "--test_sequences=5", "--seq_len=20", "--epochs=1",
          f"--workdir={tmp_path}"]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   # --paper set the realizations (30); the explicit flags won over its sizes.
-  assert "realizations=30" in proc.stdout and "seq_len=20" in proc.stdout
+  assert "realizations=30" in proc.stdout and "length=20" in proc.stdout
   assert "| rnn | 2 |" in proc.stdout
-  settings = json.load(open(os.path.join(tmp_path, "settings.json")))
+  settings = json.load(open(os.path.join(tmp_path, "config.json")))
   assert settings["realizations"] == 30 and settings["train_sequences"] == 10
+  assert settings["length"] == 20 and settings["teacher"]["seq_len"] == 20
   with open(os.path.join(tmp_path, "r2_vs_hidden.png"), "rb") as f:
     assert f.read(8) == PNG_MAGIC
+  # Errors are one-line usage errors: a bad value, a bad field, another run's workdir.
+  for flag, message in (("--hidden=2,x", "--hidden must be int values"),
+                        ("--models=rnn,mlp", "unknown ['mlp']"),
+                        ("--epochs=2", "different configuration (epochs: saved 1 vs now 2")):
+    proc = subprocess.run(cmd + [flag], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

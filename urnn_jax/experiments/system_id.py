@@ -1,71 +1,37 @@
 r"""System identification (seed 000 §5, Figs 2 and 3): RNN vs URNN vs ContRNN vs LSTM.
 
-The logic behind ``python -m train.system_id``. A synthetic contractive ReLU
-RNN with ``n = 4`` states (:mod:`urnn_jax.data.synthetic`) generates noisy
-input/output sequences; student models with ``hidden`` states are trained
-on them with the MSE loss and scored by their test R^2. A *configuration*
-is a (model, hidden size) pair; **all realizations of a configuration train
-together in one compiled program**: parameters, optimiser states and data
-are stacked on a leading realization axis and the training step is
-``jax.vmap``-ed over it, inside a jitted ``lax.scan`` over the batches of
-an epoch (one call per epoch, or per ``checkpoint_every`` chunk when that is
-shorter). Independent configurations can also run side by side in threads
-(``run(..., parallel=k)``).
+The logic behind ``python -m train.system_id``. A contractive ReLU RNN with
+n = 4 states (:mod:`urnn_jax.data.synthetic`) generates noisy input/output
+sequences; students (any :data:`urnn_jax.models.MODELS` entry, ReLU where it
+applies, read out by y = C h without bias) are trained on them with the MSE
+loss and scored by their test R^2. All realizations of a configuration (model,
+hidden size) train together: parameters, optimiser states and data are
+stacked on a leading axis, :func:`urnn_jax.training.make_train_step` runs
+under ``jax.vmap`` in a jitted ``lax.scan`` over a chunk of steps (to the next
+epoch end or checkpoint), and :func:`urnn_jax.training.fit` drives the chunks.
+The eq. (1) models of one size start from the same (Haar) W, F and C.
 
-Models (:data:`MODELS`), all read out by y = C h (:class:`SequenceRegressor`,
-no read-out bias, as in eq. 1):
+``workdir``: ``config.json`` (a rerun must match it; older runs:
+``settings.json``), ``data.json`` (teacher summary, optimal R^2),
+``checkpoints/<model>_h<n>/`` (the stacked :class:`Carry`),
+``results/<model>_h<n>.json`` (every realization's R^2 and diagnostics),
+``results.csv``, ``summary.{json,csv,md}`` (median and IQR of R^2) and
+``r2_vs_hidden.png`` (R^2 vs hidden units, and vs adjusted units).
 
-============  ================================================================
-``rnn``       :class:`~urnn_jax.RNNCell` (ReLU), free W, plain optimiser.
-``urnn``      :class:`~urnn_jax.OrthogonalRNNCell` (ReLU); after every
-              optimiser step W is put back on the orthogonal group by
-              ``--constraint``: ``projection`` (SVD polar factor, the paper's),
-              ``cayley`` or ``expm`` retraction (:mod:`urnn_jax.optim`).
-``contrnn``   :class:`~urnn_jax.RNNCell` + projection onto ||W||_2 <= 1.
-``lstm``      ``flax.linen.LSTMCell``.
-``gru``       ``flax.linen.GRUCell`` (optional).
-============  ================================================================
+Resume: a configuration with results is skipped, one with a checkpoint
+continues (bit-identical to an uninterrupted run: data from
+``fold_in(key(seed), 0)``, parameters from ``fold_in(fold_in(key(seed), 1),
+hidden)``, epoch e's batch order from ``fold_in(fold_in(key(seed), 2), e)``,
+then realization r).
 
-The eq. (1) models share their initial parameters (same keys): the RNN, the
-URNN and the ContRNN of a given size start from the same (Haar-orthogonal)
-W, F and C, so their differences come from the constraint alone.
-
-Work directory layout (``workdir``)::
-
-    settings.json           the run settings a rerun must match
-    data.json               teacher summary: on-fractions, SNR, optimal R^2
-    checkpoints/<model>_h<n>/   orbax checkpoints of the stacked state
-    results/<model>_h<n>.json   every realization's test R^2 (+ diagnostics)
-    results.csv             one row per (model, hidden, realization)
-    summary.{json,csv,md}   median and IQR of R^2 per model x hidden size
-    r2_vs_hidden.png        Fig. 2/3: R^2 vs hidden units | vs adjusted units
-
-Resume: a configuration with a results file is skipped; one with a
-checkpoint continues from it (checkpoints every ``checkpoint_every`` steps,
-default 200, or every epoch with 0, and at the end), so at most one
-checkpoint interval is lost. The
-run is a function of the settings and ``seed`` alone: data from
-``fold_in(key(seed), 0)`` (realization r: ``fold_in(., r)``), initial
-parameters from ``fold_in(fold_in(key(seed), 1), hidden)`` (then r), the
-batch order of epoch e from ``fold_in(fold_in(key(seed), 2), e)``; a resumed
-configuration therefore ends bit-identical to an uninterrupted one.
-
-Divergence: realizations are vmapped, so one diverging realization must not
-stop the others. A step whose loss or new parameters are not finite is
-*rejected* for that realization, which is then frozen at its last finite
-parameters and marked ``diverged`` (with the step); its test R^2 is recorded
-as NaN (``null`` in JSON), it is left out of the median/IQR and counted in
-``n_diverged`` of the summary. Checkpoints therefore always hold finite
-states. Only when *every* realization of a configuration diverges does the
-run stop, with :class:`urnn_jax.training.DivergenceError`, keeping the last
-checkpoint. (A realization that trained fine but whose predictions overflow
-on the test inputs, as an unstable free RNN can, gets R^2 = -inf and counts
-as the worst value in the quartiles.)
-
-Targets are scaled per realization and output channel by their training
-standard deviation (no centring, so y = C h stays exact); inputs are left as
-generated. R^2 is computed per output channel and averaged, which is
-invariant to that scaling.
+Divergence: a step whose loss or new state (parameters, optimiser state) is
+not finite is rejected for that realization, which is frozen at its last
+finite state and marked diverged: R^2 NaN, left out of the quartiles and
+counted in ``n_diverged``. Only when every realization diverged does the
+configuration stop (:class:`urnn_jax.training.DivergenceError`). Finite
+training but overflowing test predictions: R^2 = -inf. Targets are scaled per
+realization and channel by their training std (R^2, per channel and
+averaged, is invariant to it).
 """
 
 from __future__ import annotations
@@ -73,42 +39,39 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
 import threading
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
 
-from urnn_jax import optim
+from urnn_jax import models as registry
 from urnn_jax import orthogonal
 from urnn_jax import training
-from urnn_jax.cells import OrthogonalRNNCell, RNNCell
 from urnn_jax.data import synthetic
 from urnn_jax.recurrent import SequenceRegressor
 
-PyTree = Any
-
-MODELS = ("rnn", "urnn", "contrnn", "lstm", "gru")
-CONSTRAINTS = ("projection", "cayley", "expm")
-OPTIMIZERS = training.OPTIMIZERS
 PAPER_HIDDEN = (2, 4, 6, 8, 10, 12, 14)
+# Plot styles; other registry models get their name and one of _OTHER_STYLES.
 LABELS = {"rnn": "RNN", "urnn": "URNN", "contrnn": "ContRNN", "lstm": "LSTM", "gru": "GRU"}
 COLORS = {"rnn": "tab:blue", "urnn": "tab:orange", "contrnn": "tab:green", "lstm": "tab:purple",
           "gru": "tab:brown"}
 MARKERS = {"rnn": "o", "urnn": "s", "contrnn": "^", "lstm": "D", "gru": "v"}
+_OTHER_STYLES = tuple(zip(("tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black", "gold"),
+                          ("P", "X", "*", "h", "<", ">")))
+# Fields that may change when a work directory is reused.
+RESUMABLE = ("models", "hidden", "checkpoint_every", "unroll", "eval_batch")
 
 
-# ----------------------------------------------------------------------------
-# Configuration.
+def _f(default, help_text, choices=None):
+  return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,36 +79,39 @@ class Config:
   """A sweep: ``models`` x ``hidden`` configurations, each over ``realizations``.
 
   The defaults are the CPU-sized main job (see :data:`PAPER` for the paper's
-  scale). ``models``, ``hidden``, ``checkpoint_every``, ``unroll`` and
-  ``eval_batch`` may differ when a work directory is reused; every other
-  field must match its ``settings.json``.
+  scale). The :data:`RESUMABLE` fields may differ when a work directory is
+  reused; every other field must match its ``config.json``.
   """
 
-  models: tuple[str, ...] = ("rnn", "urnn")
-  hidden: tuple[int, ...] = PAPER_HIDDEN
-  realizations: int = 6
-  snr_db: float = 20.0
-  inputs: str = "gaussian"
-  train_sequences: int = 200
-  test_sequences: int = 50
-  seq_len: int = 1000
-  epochs: int = 200
-  batch_size: int = 10
-  learning_rate: float = 0.01
-  optimizer: str = "adam"
+  models: tuple[str, ...] = _f(("rnn", "urnn"), "Models, names of urnn_jax.models.MODELS.",
+                               list(registry.MODELS))
+  hidden: tuple[int, ...] = _f(PAPER_HIDDEN, "Hidden sizes of the trained models.")
+  realizations: int = _f(6, "Teacher realizations (30 in the paper).")
+  snr_db: float = _f(20.0, "Output SNR in dB (20: Fig. 2, 15: Fig. 3).")
+  inputs: str = _f("gaussian", "Inputs: i.i.d. Gaussian (Fig. 2) or sparse Gaussian, nonzero"
+                   " w.p. 0.02 (Fig. 3).", ["gaussian", "sparse"])
+  train_sequences: int = _f(200, "Training sequences per realization.")
+  test_sequences: int = _f(50, "Test sequences per realization.")
+  length: int = _f(1000, "Time steps T per sequence.")
+  epochs: int = _f(200, "Training epochs (passes over the training sequences).")
+  batch_size: int = _f(10, "Sequences per batch.")
+  learning_rate: float = _f(0.01, "Learning rate.")
+  optimizer: str = _f("adam", "Optimiser (all models).", sorted(training.OPTIMIZERS))
   # Not in the paper (constant lr, no clipping): at this scale (4000 steps)
   # a cosine decay and clipping let the models converge (see the README).
-  lr_schedule: str = "cosine"
-  grad_clip: float = 1.0
-  constraint: str = "projection"
-  standardize_targets: bool = True
-  seed: int = 0
-  checkpoint_every: int = 200
-  unroll: int = 1
-  eval_batch: int = 100
+  lr_schedule: str = _f("cosine", "Learning rate: constant (the paper's), or cosine decay to 0"
+                        " over the run.", list(training.LR_SCHEDULES))
+  grad_clip: float = _f(1.0, "Clip the gradients' global norm to this before the optimiser (0: off).")
+  constraint: str = _f("projection", "urnn: how W is kept orthogonal after each step (projection:"
+                       " SVD, the paper's).", list(registry.CONSTRAINTS))
+  standardize_targets: bool = _f(True, "Scale each output channel by its training std (R^2 is unchanged).")
+  seed: int = _f(0, "Seed of data, initialisation and batch order.")
+  checkpoint_every: int = _f(200, "Checkpoint every this many steps (0: every epoch).")
+  unroll: int = _f(1, "lax.scan unroll of the recurrences.")
+  eval_batch: int = _f(100, "Test sequences per evaluation call.")
 
   def teacher_spec(self) -> synthetic.TeacherSpec:
-    return synthetic.TeacherSpec(snr_db=self.snr_db, inputs=self.inputs, seq_len=self.seq_len)
+    return synthetic.TeacherSpec(snr_db=self.snr_db, inputs=self.inputs, seq_len=self.length)
 
   def steps_per_epoch(self) -> int:
     return self.train_sequences // self.batch_size
@@ -153,127 +119,65 @@ class Config:
   def total_steps(self) -> int:
     return self.epochs * self.steps_per_epoch()
 
+  def derived(self) -> dict:
+    return {"teacher": dataclasses.asdict(self.teacher_spec())}
+
   def comparable(self) -> dict:
     """The settings that determine every configuration's result."""
-    d = dataclasses.asdict(self)
-    for key in ("models", "hidden", "checkpoint_every", "unroll", "eval_batch"):
-      d.pop(key)
-    d["teacher"] = dataclasses.asdict(self.teacher_spec())
-    return d
+    d = {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE}
+    return {**d, **self.derived()}
 
   def validate(self) -> None:
-    unknown = [m for m in self.models if m not in MODELS]
-    if unknown or not self.models:
-      raise ValueError(f"models={list(self.models)}: unknown {unknown}; expected some of {list(MODELS)}.")
-    if len(set(self.models)) != len(self.models):
-      raise ValueError(f"models={list(self.models)} has duplicates.")
-    if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+    registry.check_names(self.models)
+    if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
       raise ValueError(f"hidden={list(self.hidden)} must be positive ints.")
     if len(set(self.hidden)) != len(self.hidden):
       raise ValueError(f"hidden={list(self.hidden)} has duplicates.")
-    for name in ("realizations", "train_sequences", "test_sequences", "seq_len", "epochs",
-                 "batch_size", "unroll", "eval_batch"):
-      v = getattr(self, name)
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}.")
-    if self.checkpoint_every < 0:
-      raise ValueError(f"checkpoint_every must be >= 0 (0: every epoch), got {self.checkpoint_every}.")
+    for name in ("realizations", "train_sequences", "test_sequences", "length", "epochs", "batch_size",
+                 "unroll", "eval_batch", "checkpoint_every"):
+      v, low = getattr(self, name), 0 if name == "checkpoint_every" else 1
+      if not isinstance(v, int) or isinstance(v, bool) or v < low:
+        raise ValueError(f"{name} must be {'a positive int' if low else 'an int >= 0 (0: every epoch)'}, got {v!r}.")
     if self.batch_size > self.train_sequences:
-      raise ValueError(
-          f"batch_size={self.batch_size} is larger than train_sequences={self.train_sequences}."
-      )
+      raise ValueError(f"batch_size={self.batch_size} is larger than train_sequences={self.train_sequences}.")
     # Validates optimizer, learning_rate, grad_clip and lr_schedule.
     training.make_optimizer(self.optimizer, self.learning_rate, grad_clip=self.grad_clip,
                             lr_schedule=self.lr_schedule, total_steps=self.total_steps())
-    if self.constraint not in CONSTRAINTS:
-      raise ValueError(f"constraint={self.constraint!r}; expected one of {list(CONSTRAINTS)}.")
-    self.teacher_spec()  # Validates snr_db, inputs, seq_len.
+    registry.ModelOptions(min(self.hidden), constraint=self.constraint).validate()
+    self.teacher_spec()  # Validates snr_db, inputs, length.
 
 
 # The paper's scale (seed 000 §5): all models, 30 realizations, 700 train and
 # 300 test sequences of T = 1000 per realization. The paper does not give the
 # number of epochs; 30 (2100 steps) is ours. Measured: 2 h 33 min on the
 # idle 2-core CPU, 1 h 48 min of it the LSTM (README).
-PAPER = Config(
-    models=("rnn", "urnn", "contrnn", "lstm"),
-    hidden=PAPER_HIDDEN,
-    realizations=30,
-    train_sequences=700,
-    test_sequences=300,
-    seq_len=1000,
-    epochs=30,
-    lr_schedule="constant",  # The paper's Adam, lr 0.01, without clipping.
-    grad_clip=0.0,
-)
+PAPER = Config(models=("rnn", "urnn", "contrnn", "lstm"), hidden=PAPER_HIDDEN, realizations=30,
+               train_sequences=700, test_sequences=300, length=1000, epochs=30,
+               lr_schedule="constant", grad_clip=0.0)  # The paper's Adam, lr 0.01, no clipping.
 
 
 # ----------------------------------------------------------------------------
-# Models and optimisers.
+# Models, data and the compiled programs.
 
 
 def make_model(name: str, hidden: int, output_size: int = 2, *, unroll: int = 1) -> SequenceRegressor:
-  """The student ``name`` with ``hidden`` states: y(k) = C h(k), no read-out bias."""
-  if name in ("rnn", "contrnn"):
-    cell = RNNCell(hidden, activation="relu")
-  elif name == "urnn":
-    cell = OrthogonalRNNCell(hidden, activation="relu")
-  elif name == "lstm":
-    cell = nn.LSTMCell(hidden)
-  elif name == "gru":
-    cell = nn.GRUCell(hidden)
-  else:
-    raise ValueError(f"make_model: model={name!r}; expected one of {list(MODELS)}.")
-  return SequenceRegressor(cell, output_size, unroll=unroll)
+  """The student ``name`` (registry) with ``hidden`` states: y(k) = C h(k), no read-out bias."""
+  return SequenceRegressor(registry.make_cell(name, registry.ModelOptions(hidden, "relu")), output_size,
+                           unroll=unroll)
 
 
-def make_constraint(name: str, *, reproject_every: int | None = None) -> optax.GradientTransformation:
-  """The URNN's orthogonality constraint, by ``--constraint`` name.
-
-  ``reproject_every``: for the retractions, also project W back onto the
-  group every that many steps (removes float32 drift); ignored by the
-  projection, which lands on the group every step.
-  """
-  if name == "projection":
-    return optim.orthogonal_projection(method="svd")
-  if name == "cayley":
-    return optim.cayley_retraction(reproject_every=reproject_every)
-  if name == "expm":
-    return optim.expm_retraction(reproject_every=reproject_every)
-  raise ValueError(f"make_constraint: constraint={name!r}; expected one of {list(CONSTRAINTS)}.")
-
-
-def make_optimizer(
-    model: str,
-    learning_rate: float = 0.01,
-    optimizer: str = "adam",
-    constraint: str = "projection",
-    *,
-    grad_clip: float = 0.0,
-    lr_schedule: str = "constant",
-    total_steps: int | None = None,
-) -> optax.GradientTransformation:
-  """The optimiser of a model: plain, or followed by its constraint on W.
-
-  ``grad_clip``, ``lr_schedule`` and ``total_steps``: see
-  :func:`urnn_jax.training.make_optimizer`.
-  """
-  base = training.make_optimizer(optimizer, learning_rate, grad_clip=grad_clip,
-                                 lr_schedule=lr_schedule, total_steps=total_steps)
-  if model == "urnn":
-    return optim.constrained(base, make_constraint(constraint))
-  if model == "contrnn":
-    return optim.constrained(base, optim.spectral_norm_projection(max_value=1.0))
-  if model in MODELS:
-    return base
-  raise ValueError(f"make_optimizer: model={model!r}; expected one of {list(MODELS)}.")
+def make_optimizer(name: str, learning_rate: float = 0.01, optimizer: str = "adam",
+                   constraint: str = "projection", *, grad_clip: float = 0.0, lr_schedule: str = "constant",
+                   total_steps: int | None = None) -> optax.GradientTransformation:
+  """The base optimiser (:func:`urnn_jax.training.make_optimizer`) and the model's constraint."""
+  base = training.make_optimizer(optimizer, learning_rate, grad_clip=grad_clip, lr_schedule=lr_schedule,
+                                 total_steps=total_steps)
+  # The constraints do not depend on the hidden size; contraction 1: ||W||_2 <= 1.
+  return registry.make_tx(name, base, registry.ModelOptions(1, "relu", constraint=constraint))
 
 
 def config_name(model: str, hidden: int) -> str:
   return f"{model}_h{hidden:02d}"
-
-
-# ----------------------------------------------------------------------------
-# Data.
 
 
 class Data(NamedTuple):
@@ -290,29 +194,19 @@ def make_data(config: Config) -> tuple[Data, dict]:
   """The ``config.realizations`` teacher realizations and their summary."""
   spec = config.teacher_spec()
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
-  raw = synthetic.make_realizations(
-      key, spec, config.realizations, config.train_sequences, config.test_sequences
-  )
+  raw = synthetic.make_realizations(key, spec, config.realizations, config.train_sequences,
+                                    config.test_sequences)
   if config.standardize_targets:
     scale = np.std(np.asarray(raw.y_train), axis=(1, 2))  # (R, p)
     scale = np.where(scale > 0, scale, 1.0)
   else:
     scale = np.ones((config.realizations, raw.y_train.shape[-1]), np.float32)
   s = scale[:, None, None, :]
-  data = Data(
-      x_train=jnp.asarray(raw.x_train),
-      y_train=jnp.asarray(raw.y_train / s, jnp.float32),
-      x_test=jnp.asarray(raw.x_test),
-      y_test=jnp.asarray(raw.y_test / s, jnp.float32),
-      scale=scale,
-  )
+  data = Data(jnp.asarray(raw.x_train), jnp.asarray(raw.y_train / s, jnp.float32),
+              jnp.asarray(raw.x_test), jnp.asarray(raw.y_test / s, jnp.float32), scale)
   info = synthetic.summary(raw, spec)
   info["target_scale"] = scale.tolist()
   return data, info
-
-
-# ----------------------------------------------------------------------------
-# Training.
 
 
 class Carry(NamedTuple):
@@ -329,72 +223,106 @@ class Carry(NamedTuple):
   loss_history: jax.Array  # (epochs, R) float32: mean train loss per epoch
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+def _where(ok, new, old):
+  """Per realization r (the leading axis of every leaf): ``new`` where ``ok[r]``, else ``old``."""
+  return jax.tree.map(lambda a, b: jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-def _tree_where(c, a, b):
-  return jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)
-
-
-def init_carry(programs: "Programs", config: Config, hidden: int, x_example) -> Carry:
-  """Stacked initial parameters (realization r: ``fold_in(init_key, r)``) and state."""
-  init_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 1), hidden)
-  keys = jax.vmap(lambda r: jax.random.fold_in(init_key, r))(jnp.arange(config.realizations))
-  params, opt_state = programs.init(keys, x_example)
-  r = config.realizations
-  return Carry(
-      state=training.TrainState(jnp.zeros((), jnp.int32), params, opt_state),
-      alive=jnp.ones((r,), jnp.int32),
-      diverged_step=jnp.full((r,), -1, jnp.int32),
-      loss_sum=jnp.zeros((r,), jnp.float32),
-      loss_history=jnp.zeros((config.epochs, r), jnp.float32),
-  )
-
-
-def make_chunk_fn(model, tx):
-  """A jitted ``(carry, x_train, y_train, idx) -> carry`` running ``len(idx)`` steps.
+def make_chunk_fn(model, tx, steps_per_epoch: int = 1):
+  """A jitted ``(carry, constants, x_train, y_train, idx) -> carry`` running ``len(idx)`` steps.
 
   ``idx`` is ``(k, batch)``: the training sequences of each step (the same
-  for every realization, each on its own data). One compiled program per
-  chunk length; the realizations run under ``jax.vmap``.
+  for every realization, each on its own data); ``constants``: the model's
+  non-trained variables, stacked. The step is
+  :func:`urnn_jax.training.make_train_step` under ``jax.vmap`` (the step
+  count unbatched); a realization whose step is not ``finite`` keeps its
+  previous state and is marked dead. At the end of each epoch the mean
+  loss goes to ``loss_history``. One compiled program per chunk length.
   """
 
-  def loss_fn(params, xb, yb):
-    return jnp.mean(jnp.square(model.apply({"params": params}, xb) - yb))
+  def loss_fn(params, batch):
+    constants, xb, yb = batch
+    return jnp.mean(jnp.square(model.apply({"params": params, **constants}, xb) - yb)), {}
 
-  def one_step(params, opt_state, alive, xb, yb):
-    loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    ok = (alive > 0) & jnp.isfinite(loss) & _all_finite(new_params)
-    params = _tree_where(ok, new_params, params)
-    opt_state = _tree_where(ok, new_opt, opt_state)
-    return params, opt_state, ok, jnp.where(ok, loss, 0.0)
+  axes = training.TrainState(None, 0, 0)
+  vstep = jax.vmap(training.make_train_step(loss_fn, tx), in_axes=(axes, 0), out_axes=(axes, 0))
 
-  vstep = jax.vmap(one_step)
-
-  def chunk(carry: Carry, x_train, y_train, idx):
+  def chunk(carry: Carry, constants, x_train, y_train, idx):
     def body(c: Carry, batch):
       xb = jnp.take(x_train, batch, axis=1)  # (R, B, T, m)
       yb = jnp.take(y_train, batch, axis=1)
-      params, opt_state, ok, loss = vstep(c.state.params, c.state.opt_state, c.alive, xb, yb)
-      newly_dead = (c.alive > 0) & ~ok
-      c = Carry(
-          state=training.TrainState(c.state.step + 1, params, opt_state),
+      new, metrics = vstep(c.state, (constants, xb, yb))
+      ok = (c.alive > 0) & metrics["finite"]
+      step = c.state.step
+      loss_sum = c.loss_sum + jnp.where(ok, metrics["loss"], 0.0)
+      end = (step + 1) % steps_per_epoch == 0
+      epoch = jnp.where(end, step // steps_per_epoch, c.loss_history.shape[0])  # out of range: dropped
+      return Carry(
+          state=training.TrainState(new.step, _where(ok, new.params, c.state.params),
+                                    _where(ok, new.opt_state, c.state.opt_state)),
           alive=jnp.where(ok, c.alive, 0),
-          diverged_step=jnp.where(newly_dead, c.state.step, c.diverged_step),
-          loss_sum=c.loss_sum + loss,
-          loss_history=c.loss_history,
-      )
-      return c, None
+          diverged_step=jnp.where((c.alive > 0) & ~ok, step, c.diverged_step),
+          loss_sum=jnp.where(end, 0.0, loss_sum),
+          loss_history=c.loss_history.at[epoch].set(loss_sum / steps_per_epoch, mode="drop"),
+      ), None
 
-    carry, _ = lax.scan(body, carry, idx)
-    return carry
+    return lax.scan(body, carry, idx)[0]
 
   return jax.jit(chunk, donate_argnums=(0,))
+
+
+class Programs(NamedTuple):
+  """A configuration's model, optimiser and compiled functions."""
+
+  model: SequenceRegressor
+  tx: optax.GradientTransformation
+  init: Callable  # (keys (R,), x_example) -> (params, opt_state, constants), stacked
+  chunk: Callable  # see make_chunk_fn
+  predict: Callable  # (params, constants, x (R, N, T, m)) -> (R, N, T, p)
+
+
+def build_programs(model, tx, steps_per_epoch: int = 1) -> Programs:
+  def init_one(key, x_example):
+    variables = dict(model.init(key, x_example))
+    params = variables.pop("params")
+    return params, tx.init(params), variables
+
+  # init is not jitted: compiling the vmapped flax init (many threefry calls)
+  # takes seconds per configuration, op-by-op dispatch a fraction of that.
+  return Programs(model, tx, jax.vmap(init_one, in_axes=(0, None)), make_chunk_fn(model, tx, steps_per_epoch),
+                  jax.jit(jax.vmap(lambda p, c, x: model.apply({"params": p, **c}, x))))
+
+
+@functools.lru_cache(maxsize=64)
+def programs(model_name: str, hidden: int, output_size: int = 2, *, unroll: int = 1,
+             learning_rate: float = 0.01, optimizer: str = "adam", constraint: str = "projection",
+             grad_clip: float = 0.0, lr_schedule: str = "constant", total_steps: int | None = None,
+             steps_per_epoch: int = 1) -> Programs:
+  """The (cached) programs of a configuration: runs in one process (tests, a
+  resumed configuration) reuse them instead of compiling them again."""
+  return build_programs(make_model(model_name, hidden, output_size, unroll=unroll),
+                        make_optimizer(model_name, learning_rate, optimizer, constraint, grad_clip=grad_clip,
+                                       lr_schedule=lr_schedule, total_steps=total_steps),
+                        steps_per_epoch)
+
+
+def config_programs(config: Config, model_name: str, hidden: int, output_size: int = 2) -> Programs:
+  """:func:`programs` for a configuration of ``config``."""
+  return programs(model_name, hidden, output_size, unroll=config.unroll, learning_rate=config.learning_rate,
+                  optimizer=config.optimizer, constraint=config.constraint, grad_clip=config.grad_clip,
+                  lr_schedule=config.lr_schedule, total_steps=config.total_steps(),
+                  steps_per_epoch=config.steps_per_epoch())
+
+
+def init_carry(progs: Programs, config: Config, hidden: int, x_example) -> tuple[Carry, dict]:
+  """Stacked initial state (realization r: ``fold_in(init_key, r)``) and the model's constants."""
+  init_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 1), hidden)
+  keys = jax.vmap(lambda r: jax.random.fold_in(init_key, r))(jnp.arange(config.realizations))
+  params, opt_state, constants = progs.init(keys, x_example)
+  r = config.realizations
+  return Carry(training.TrainState(jnp.zeros((), jnp.int32), params, opt_state), jnp.ones((r,), jnp.int32),
+               jnp.full((r,), -1, jnp.int32), jnp.zeros((r,), jnp.float32),
+               jnp.zeros((config.epochs, r), jnp.float32)), constants
 
 
 def epoch_order(config: Config, epoch: int) -> np.ndarray:
@@ -403,203 +331,105 @@ def epoch_order(config: Config, epoch: int) -> np.ndarray:
   return training.batch_indices(key, config.train_sequences, config.batch_size)
 
 
-def make_predict_fn(model):
-  """A jitted ``(stacked params, (R, N, T, m) x) -> (R, N, T, p)`` prediction."""
-  return jax.jit(jax.vmap(lambda p, x: model.apply({"params": p}, x)))
-
-
-class Programs(NamedTuple):
-  """A configuration's model, optimiser and compiled functions."""
-
-  model: SequenceRegressor
-  tx: optax.GradientTransformation
-  init: Callable  # (keys (R,), x_example) -> (params, opt_state), stacked
-  chunk: Callable  # see make_chunk_fn
-  predict: Callable  # see make_predict_fn
-
-
-@functools.lru_cache(maxsize=64)
-def programs(
-    model_name: str,
-    hidden: int,
-    output_size: int = 2,
-    *,
-    unroll: int = 1,
-    learning_rate: float = 0.01,
-    optimizer: str = "adam",
-    constraint: str = "projection",
-    grad_clip: float = 0.0,
-    lr_schedule: str = "constant",
-    total_steps: int | None = None,
-) -> Programs:
-  """The (cached) model, optimiser and jitted programs of a configuration.
-
-  Cached so that runs in one process (tests, a resumed configuration) reuse
-  the compiled programs instead of tracing and compiling them again.
-  """
-  model = make_model(model_name, hidden, output_size, unroll=unroll)
-  tx = make_optimizer(model_name, learning_rate, optimizer, constraint, grad_clip=grad_clip,
-                      lr_schedule=lr_schedule, total_steps=total_steps)
-
-  def init_one(key, x_example):
-    params = model.init(key, x_example)["params"]
-    return params, tx.init(params)
-
-  return Programs(
-      model=model,
-      tx=tx,
-      # Not jitted: compiling the vmapped flax init (many threefry calls) takes
-      # seconds per configuration, op-by-op dispatch a fraction of that.
-      init=jax.vmap(init_one, in_axes=(0, None)),
-      chunk=make_chunk_fn(model, tx),
-      predict=make_predict_fn(model),
-  )
-
-
-def config_programs(config: Config, model_name: str, hidden: int, output_size: int = 2) -> Programs:
-  """:func:`programs` for a configuration of ``config``."""
-  return programs(model_name, hidden, output_size, unroll=config.unroll,
-                  learning_rate=config.learning_rate, optimizer=config.optimizer,
-                  constraint=config.constraint, grad_clip=config.grad_clip,
-                  lr_schedule=config.lr_schedule, total_steps=config.total_steps())
-
-
-def evaluate_r2(model, params, x, y, *, eval_batch: int = 100, predict=None) -> np.ndarray:
+def evaluate_r2(progs: Programs, params, constants, x, y, *, eval_batch: int = 100) -> np.ndarray:
   """``(R,)`` test R^2 of stacked ``params`` on stacked ``(x, y)`` (per-channel average)."""
-  predict = make_predict_fn(model) if predict is None else predict
-  n = x.shape[1]
-  preds = []
-  for start in range(0, n, eval_batch):
-    preds.append(np.asarray(predict(params, x[:, start:start + eval_batch])))
-  pred = np.concatenate(preds, axis=1)
+  pred = np.concatenate([np.asarray(progs.predict(params, constants, x[:, s:s + eval_batch]))
+                         for s in range(0, x.shape[1], eval_batch)], axis=1)
   return np.asarray(jax.vmap(synthetic.r2_score)(jnp.asarray(y), jnp.asarray(pred)))
 
 
-def _recurrent_kernel(params) -> np.ndarray | None:
-  try:
-    return np.asarray(params["rnn"]["cell"]["recurrent_kernel"])
-  except (KeyError, TypeError):
+def recurrent_kernel(model_name: str, hidden: int, params, constants) -> np.ndarray | None:
+  """The stacked transition matrices ``(R, n, n)`` of an eq. (1) model (None for others)."""
+  if not registry.get(model_name).eq1:
     return None
+  cell_vars = {k: v["rnn"]["cell"] for k, v in {"params": params, **constants}.items()}
+  cell = registry.make_cell(model_name, registry.ModelOptions(hidden))
+  return np.asarray(jax.vmap(lambda v: cell.apply(v, method=lambda m: m.transition_kernel()))(cell_vars))
 
 
-def train_configuration(
-    config: Config,
-    model_name: str,
-    hidden: int,
-    data: Data,
-    workdir: str,
-    *,
-    progress: training.Progress | None = None,
-    stop_after_steps: int | None = None,
-    log: Callable[[str], None] = print,
-) -> dict | None:
-  """Trains all realizations of (model, hidden) together; returns its results.
+# ----------------------------------------------------------------------------
+# Training one configuration.
+
+
+def train_configuration(config: Config, model_name: str, hidden: int, data: Data, workdir: str, *,
+                        progress=None, stop_after_steps: int | None = None,
+                        log: Callable[[str], None] = print) -> dict | None:
+  """Trains all realizations of (model, hidden) together with :func:`urnn_jax.training.fit`.
 
   Resumes from ``workdir/checkpoints/<model>_h<n>`` when a checkpoint is
   there. ``stop_after_steps`` stops (as if interrupted) once that many steps
-  are done in total, after checkpointing, and returns None.
+  are done in total, after checkpointing, and returns None. ``progress``:
+  the progress line to update (None: fit's own).
 
   Raises:
     training.DivergenceError: when every realization diverged.
   """
   name = config_name(model_name, hidden)
-  t_start = time.perf_counter()
   progs = config_programs(config, model_name, hidden, int(data.y_train.shape[-1]))
-  carry = init_carry(progs, config, hidden, data.x_train[0, :1, :2])
+  carry, constants = init_carry(progs, config, hidden, data.x_train[0, :1, :2])
   spe, total = config.steps_per_epoch(), config.total_steps()
-  ckpt_dir = os.path.join(workdir, "checkpoints", name)
-  resumed_from = 0
-  with training.Checkpoints(ckpt_dir, max_to_keep=1) as ckpts:
-    restored = ckpts.restore(carry)
-    if restored is not None:
-      carry = jax.tree.map(jnp.asarray, restored)
-      resumed_from = int(carry.state.step)
-      log(f"{name}: resuming from the checkpoint at step {resumed_from}/{total}.")
-    chunk_fn = progs.chunk
-    every = config.checkpoint_every or spe
-    step = int(carry.state.step)
-    compile_s = None
-    while step < total:
-      epoch, offset = divmod(step, spe)
-      # A chunk ends at the next epoch end or checkpoint, whichever is first.
-      k = min(every - step % every, spe - offset, total - step)
-      idx = jnp.asarray(epoch_order(config, epoch)[offset:offset + k])
-      t0 = time.perf_counter()
-      carry = chunk_fn(carry, data.x_train, data.y_train, idx)
-      step = int(carry.state.step)  # Blocks until the chunk is done.
-      if compile_s is None:
-        compile_s = time.perf_counter() - t0
-      if step % spe == 0:  # End of an epoch: record its mean loss.
-        e = step // spe - 1
-        carry = carry._replace(
-            loss_history=carry.loss_history.at[e].set(carry.loss_sum / spe),
-            loss_sum=jnp.zeros_like(carry.loss_sum),
-        )
-      alive = np.asarray(carry.alive)
-      if not alive.any():
-        raise training.DivergenceError(
-            f"{name}: every realization diverged (NaN/inf loss or parameters) by step"
-            f" {step}; the last good checkpoint (step {ckpts.latest_step()}) was kept."
-            " Lower --learning_rate."
-        )
-      stop = stop_after_steps is not None and step >= stop_after_steps and step < total
-      if step % every == 0 or step == total or stop:
-        ckpts.save(step, carry)
-      if progress is not None:
-        hist = np.asarray(carry.loss_history)
-        e_done = step // spe
-        # The median: one realization with a huge (finite) loss must not hide the rest.
-        loss = float(np.median(hist[e_done - 1][alive > 0])) if e_done else float("nan")
-        progress.update(
-            k, postfix=f"{name} epoch {e_done}/{config.epochs} median loss {loss:.4g}"
-        )
-      if stop:
-        return None
-  train_s = time.perf_counter() - t_start
+  first_chunk_s = []
 
+  def advance(carry: Carry, start: int, count: int):
+    epoch, offset = divmod(start, spe)  # A chunk ends at the next epoch end or checkpoint.
+    idx = jnp.asarray(epoch_order(config, epoch)[offset:offset + count])
+    t0 = time.perf_counter()
+    carry = progs.chunk(carry, constants, data.x_train, data.y_train, idx)
+    if not first_chunk_s:
+      jax.block_until_ready(carry)
+      first_chunk_s.append(time.perf_counter() - t0)
+    return carry, {"alive": jnp.sum(carry.alive), "last_diverged_step": jnp.max(carry.diverged_step)}
+
+  def all_dead(host_metrics):
+    for i, m in enumerate(host_metrics):
+      if "alive" in m and int(m["alive"]) == 0:
+        return i, ("loss or training state in every realization: every realization diverged (the last"
+                   f" at step {int(m['last_diverged_step']) + 1})")
+    return None
+
+  def postfix(carry: Carry, step: int, entry) -> str:
+    # The median: one realization with a huge (finite) loss must not hide the rest.
+    e = step // spe
+    alive = np.asarray(carry.alive) > 0
+    loss = float(np.median(np.asarray(carry.loss_history)[e - 1][alive])) if e else math.nan
+    return f"{name} epoch {e}/{config.epochs} median loss {loss:.4g}"
+
+  out = training.fit(
+      carry, advance, total_steps=total, checkpoint_dir=os.path.join(workdir, "checkpoints", name),
+      eval_every=spe, checkpoint_every=config.checkpoint_every, evaluate=None,
+      params_of=lambda c: c.state.params, step_of=lambda c: c.state.step, check=all_dead,
+      postfix=postfix, desc=name, log=log, progress=progress, stop_after=stop_after_steps)
+  if out.diverged is not None:
+    raise training.DivergenceError(f"{name}: {out.diverged['message']}")
+  if out.interrupted:
+    return None
+
+  carry = out.state
   params = carry.state.params
-  r2 = evaluate_r2(progs.model, params, data.x_test, data.y_test, eval_batch=config.eval_batch,
-                   predict=progs.predict)
+  r2 = evaluate_r2(progs, params, constants, data.x_test, data.y_test, eval_batch=config.eval_batch)
   alive = np.asarray(carry.alive) > 0
   # Diverged in training: NaN. Alive but non-finite test predictions (an
   # unstable free RNN can blow up on new inputs): -inf, the worst R^2.
   r2 = np.where(alive, np.where(np.isfinite(r2), r2, -np.inf), np.nan)
-  kernel = _recurrent_kernel(params)
-  ortho = (np.asarray(orthogonal.orthogonality_error(jnp.asarray(kernel)))
-           if kernel is not None else None)
-  spec_norm = (np.linalg.norm(kernel, ord=2, axis=(-2, -1)) if kernel is not None else None)
+  kernel = recurrent_kernel(model_name, hidden, params, constants)
+  ortho = None if kernel is None else np.asarray(orthogonal.orthogonality_error(jnp.asarray(kernel)))
+  spec_norm = None if kernel is None else np.linalg.norm(kernel, ord=2, axis=(-2, -1))
   hist = np.asarray(carry.loss_history)
-  rows = []
-  for r in range(config.realizations):
-    rows.append({
-        "realization": r,
-        "test_r2": float(r2[r]),
-        "diverged": bool(not alive[r]),
-        "diverged_step": int(carry.diverged_step[r]) if not alive[r] else None,
-        "final_train_loss": float(hist[-1, r]) if alive[r] else None,
-        "orthogonality_error": None if ortho is None else float(ortho[r]),
-        "w_spectral_norm": None if spec_norm is None else float(spec_norm[r]),
-    })
+  rows = [{"realization": r, "test_r2": float(r2[r]), "diverged": bool(not alive[r]),
+           "diverged_step": int(carry.diverged_step[r]) if not alive[r] else None,
+           "final_train_loss": float(hist[-1, r]) if alive[r] else None,
+           "orthogonality_error": None if ortho is None else float(ortho[r]),
+           "w_spectral_norm": None if spec_norm is None else float(spec_norm[r])}
+          for r in range(config.realizations)]
   q25, med, q75 = r2_quartiles(r2)
-  num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(params))
-  return {
-      "model": model_name,
-      "hidden": hidden,
-      "adjusted_hidden": hidden / 2 if model_name == "urnn" else hidden,
-      "num_params": num_params,
-      "test_r2": r2.tolist(),
-      "median_r2": float(med),
-      "q25_r2": float(q25),
-      "q75_r2": float(q75),
-      "n_diverged": int((~alive).sum()),
-      "realizations": rows,
-      "loss_history": hist.T.tolist(),
-      "steps": total,
-      "resumed_from_step": resumed_from,
-      "train_seconds": train_s,
-      "first_chunk_seconds_incl_compile": compile_s,
-      "settings": config.comparable(),
-  }
+  return {"model": model_name, "hidden": hidden, "adjusted_hidden": registry.adjusted_hidden(model_name, hidden),
+          "num_params": sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(params)),
+          "test_r2": r2.tolist(), "median_r2": float(med), "q25_r2": float(q25), "q75_r2": float(q75),
+          "n_diverged": int((~alive).sum()), "realizations": rows, "loss_history": hist.T.tolist(),
+          "steps": total, "resumed_from_step": out.resumed_from or 0,
+          "train_seconds": out.meta["train_seconds"],
+          "first_chunk_seconds_incl_compile": first_chunk_s[0] if first_chunk_s else None,
+          "settings": config.comparable()}
 
 
 # ----------------------------------------------------------------------------
@@ -623,23 +453,20 @@ def r2_quartiles(r2) -> tuple[float, float, float]:
     return tuple(float(q) for q in np.percentile(kept, [25, 50, 75]))
 
 
+def _order(model: str) -> int:
+  names = list(registry.MODELS)
+  return names.index(model) if model in names else len(names)
+
+
 def summarize(results: Sequence[dict], optimal: float) -> list[dict]:
-  """One row per (model, hidden): median and interquartile range of test R^2."""
+  """One row per (model, hidden), in the registry's order: median and IQR of test R^2."""
   rows = []
-  for res in sorted(results, key=lambda r: (MODELS.index(r["model"]), r["hidden"])):
+  for res in sorted(results, key=lambda r: (_order(r["model"]), r["model"], r["hidden"])):
     r2 = np.asarray([np.nan if v is None else float(v) for v in res["test_r2"]], float)
     q25, med, q75 = r2_quartiles(r2)
-    rows.append({
-        "model": res["model"],
-        "hidden": res["hidden"],
-        "adjusted_hidden": res["adjusted_hidden"],
-        "median_r2": float(med),
-        "q25_r2": float(q25),
-        "q75_r2": float(q75),
-        "n": int(r2.size),
-        "n_diverged": int(np.isnan(r2).sum()),
-        "optimal_r2": float(optimal),
-    })
+    rows.append({"model": res["model"], "hidden": res["hidden"], "adjusted_hidden": res["adjusted_hidden"],
+                 "median_r2": float(med), "q25_r2": float(q25), "q75_r2": float(q75), "n": int(r2.size),
+                 "n_diverged": int(np.isnan(r2).sum()), "optimal_r2": float(optimal)})
   return rows
 
 
@@ -668,8 +495,10 @@ def plot(rows: Sequence[dict], optimal: float, path: str, *, title: str = "") ->
   """Fig. 2/3: median test R^2 (bars: IQR) vs hidden units, and vs adjusted units."""
   plt = training.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-  models = [m for m in MODELS if any(r["model"] == m for r in rows)]
+  models = sorted({r["model"] for r in rows}, key=lambda m: (_order(m), m))
   meds = [r["median_r2"] for r in rows if math.isfinite(r["median_r2"])]
+  others = iter(_OTHER_STYLES * len(models))
+  styles = {m: (COLORS[m], MARKERS[m]) if m in COLORS else next(others) for m in models}
   for ax, adjusted in zip(axes, (False, True)):
     for m in models:
       rs = sorted((r for r in rows if r["model"] == m and math.isfinite(r["median_r2"])),
@@ -679,11 +508,11 @@ def plot(rows: Sequence[dict], optimal: float, path: str, *, title: str = "") ->
       # IQR bars; a non-finite quartile (-inf R^2s) draws a bar to the axis edge.
       lo = np.nan_to_num(med - np.asarray([r["q25_r2"] for r in rs]), nan=1e3, posinf=1e3)
       hi = np.nan_to_num(np.asarray([r["q75_r2"] for r in rs]) - med, nan=0.0)
-      label = LABELS[m] + (" (n/2)" if adjusted and m == "urnn" else "")
-      ax.errorbar(x, med, yerr=[lo, hi], marker=MARKERS[m], color=COLORS[m], capsize=3,
-                  label=label)
+      halved = adjusted and m in registry.MODELS and registry.get(m).orthogonal
+      ax.errorbar(x, med, yerr=[lo, hi], marker=styles[m][1], color=styles[m][0], capsize=3,
+                  label=LABELS.get(m, m) + (" (n/2)" if halved else ""))
     ax.axhline(optimal, color="red", linestyle="--", label=f"optimal R² = {optimal:.3f}")
-    ax.set_xlabel("adjusted hidden units (URNN: n/2)" if adjusted else "hidden units n")
+    ax.set_xlabel("adjusted hidden units (orthogonal: n/2)" if adjusted else "hidden units n")
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("test R² (median, IQR bars)")
   if meds:  # Medians in view; long IQR bars of poor models may leave it.
@@ -700,51 +529,35 @@ def plot(rows: Sequence[dict], optimal: float, path: str, *, title: str = "") ->
 # The whole sweep.
 
 
-def _check_settings(config: Config, workdir: str) -> None:
-  path = os.path.join(workdir, "settings.json")
-  current = training.read_json(path) if os.path.exists(path) else None
-  wanted = json.loads(json.dumps(config.comparable()))  # Tuples become lists.
-  if current is None:
-    training.write_json(path, wanted)
-    return
-  if current != wanted:
-    diff = sorted(k for k in set(current) | set(wanted) if current.get(k) != wanted.get(k))
-    raise ValueError(
-        f"{workdir} holds a run with other settings (differences in {diff}:"
-        f" saved {[current.get(k) for k in diff]}, now {[wanted.get(k) for k in diff]})."
-        " Use another --workdir, or delete this one to start over."
-    )
+class _SharedProgress:
+  """One throttled progress line for every configuration (threads).
 
-
-class _LockedProgress:
-  """``training.Progress.update`` made safe to call from several threads."""
+  :func:`urnn_jax.training.fit` reports a chunk's steps, then (at the
+  evaluation ending it, as every chunk here does) the line's tail; they are
+  shown together, at most every ``min_interval`` seconds, whatever
+  ``force`` says, so a log gets a line per 15 s, not one per epoch.
+  """
 
   def __init__(self, progress: training.Progress):
-    self._progress = progress
-    self._lock = threading.Lock()
+    self._progress, self._lock, self._steps = progress, threading.Lock(), 0
 
-  def update(self, *args, **kwargs):
+  def update(self, n: int = 1, *, postfix: str | None = None, force: bool = False):
+    del force
     with self._lock:
-      self._progress.update(*args, **kwargs)
+      self._steps += n
+      if postfix is not None:
+        self._progress.update(self._steps, postfix=postfix)
+        self._steps = 0
 
 
 def _latest_step(directory: str) -> int:
   """The newest checkpointed step in ``directory`` (orbax step folders), or 0."""
-  if not os.path.isdir(directory):
-    return 0
-  steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
   return max(steps, default=0)
 
 
-def run(
-    config: Config,
-    workdir: str,
-    *,
-    log: Callable[[str], None] = print,
-    stop_after_steps: int | None = None,
-    progress_stream=None,
-    parallel: int = 1,
-) -> dict:
+def run(config: Config, workdir: str, *, log: Callable[[str], None] = print,
+        stop_after_steps: int | None = None, progress_stream=None, parallel: int = 1) -> dict:
   """Runs (or resumes) the sweep and writes every output; returns a summary dict.
 
   ``parallel`` configurations train at the same time, in threads (each is
@@ -755,20 +568,24 @@ def run(
   The returned dict has ``rows`` (the summary table), ``trained`` and
   ``skipped`` (configuration names) and ``interrupted`` (True when
   ``stop_after_steps`` stopped a configuration).
+
+  Raises:
+    ValueError: an invalid ``config``.
+    training.ConfigMismatchError: ``workdir`` holds a run with other settings.
   """
   config.validate()
-  os.makedirs(workdir, exist_ok=True)
-  _check_settings(config, workdir)
+  training.prepare_run_dir(workdir, config, resumable=RESUMABLE, derived=config.derived(),
+                           filename="config.json", legacy_filenames=("settings.json",),
+                           renamed={"seq_len": "length"})
   t0 = time.perf_counter()
   results_dir = os.path.join(workdir, "results")
+  result_path = lambda m, h: os.path.join(results_dir, config_name(m, h) + ".json")
   todo, done = [], []
   for m in config.models:
     for h in config.hidden:
-      path = os.path.join(results_dir, config_name(m, h) + ".json")
-      (done if os.path.exists(path) else todo).append((m, h))
+      (done if os.path.exists(result_path(m, h)) else todo).append((m, h))
   if done:
-    log(f"skipping {len(done)} finished configuration(s): "
-        + ", ".join(config_name(m, h) for m, h in done))
+    log(f"skipping {len(done)} finished configuration(s): " + ", ".join(config_name(m, h) for m, h in done))
 
   optimal = synthetic.optimal_r2(config.snr_db)
   data_path = os.path.join(workdir, "data.json")
@@ -780,7 +597,7 @@ def run(
     data, info = None, training.read_json(data_path)
   log(
       f"data: {config.realizations} realizations x ({config.train_sequences} train +"
-      f" {config.test_sequences} test) sequences, T={config.seq_len}, {config.inputs} inputs,"
+      f" {config.test_sequences} test) sequences, T={config.length}, {config.inputs} inputs,"
       f" SNR {config.snr_db} dB (measured {info['snr_db_measured_mean']:.2f} dB); teacher units"
       f" on {100 * info['on_fraction_mean']:.1f}% of the time (target"
       f" {100 * info['on_fraction_target']:.0f}%, range {100 * info['on_fraction_min']:.1f}-"
@@ -788,14 +605,12 @@ def run(
       f" median {info['oracle_r2_median']:.4f}); generated in {info['data_seconds']:.1f} s."
   )
 
-  total = config.total_steps()
-  initial = sum(_latest_step(os.path.join(workdir, "checkpoints", config_name(m, h)))
-                for m, h in todo)
+  initial = sum(_latest_step(os.path.join(workdir, "checkpoints", config_name(m, h))) for m, h in todo)
   stream = sys.stderr if progress_stream is None else progress_stream
   tty = hasattr(stream, "isatty") and stream.isatty()
-  progress = training.Progress(total * len(todo), "system_id", initial=initial, stream=stream,
+  progress = training.Progress(config.total_steps() * len(todo), "system_id", initial=initial, stream=stream,
                                min_interval=0.5 if tty else 15.0)  # Logs: a line per 15 s.
-  shared_progress = _LockedProgress(progress)
+  shared_progress = _SharedProgress(progress)
   lock = threading.Lock()
   trained = []
 
@@ -804,7 +619,7 @@ def run(
                               stop_after_steps=stop_after_steps, log=log)
     if res is None:
       return False
-    training.write_json(os.path.join(results_dir, config_name(m, h) + ".json"), res)
+    training.write_json(result_path(m, h), res)
     with lock:
       trained.append(config_name(m, h))
       log(f"{config_name(m, h)}: median test R^2 {res['median_r2']:.4f} (IQR"
@@ -821,27 +636,20 @@ def run(
   else:
     # Configurations are independent: train `parallel` of them at once (XLA
     # runs each program on the calling thread, so this uses that many cores).
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel)
-    futures = [pool.submit(work, m, h) for m, h in todo]
-    try:
-      done_f, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-      for f in done_f:
-        f.result()  # Re-raises a configuration's error (e.g. DivergenceError).
-    finally:
-      pool.shutdown(wait=True, cancel_futures=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+      futures = [pool.submit(work, m, h) for m, h in todo]
+      try:
+        for f in concurrent.futures.as_completed(futures):
+          f.result()  # Re-raises a configuration's error (e.g. DivergenceError).
+      finally:
+        pool.shutdown(cancel_futures=True)
   progress.close()
 
-  results = []
-  for m in config.models:
-    for h in config.hidden:
-      path = os.path.join(results_dir, config_name(m, h) + ".json")
-      if os.path.exists(path):
-        results.append(training.read_json(path))
+  results = [training.read_json(result_path(m, h)) for m in config.models for h in config.hidden
+             if os.path.exists(result_path(m, h))]
   rows = summarize(results, optimal)
-  per_realization = [
-      {"model": res["model"], "hidden": res["hidden"], **{k: v for k, v in row.items()}}
-      for res in results for row in res["realizations"]
-  ]
+  per_realization = [{"model": res["model"], "hidden": res["hidden"], **row}
+                     for res in results for row in res["realizations"]]
   if per_realization:
     training.write_csv(os.path.join(workdir, "results.csv"), per_realization)
   if rows:
@@ -851,14 +659,12 @@ def run(
     })
     training.write_csv(os.path.join(workdir, "summary.csv"), rows, SUMMARY_COLUMNS)
     table = training.markdown_table(rows, SUMMARY_COLUMNS)
-    with open(os.path.join(workdir, "summary.md"), "w") as f:
-      f.write(
-          f"# System identification: test R^2 (median and IQR over {config.realizations}"
-          f" realizations)\n\n{config.inputs} inputs, SNR {config.snr_db} dB, optimal R^2"
-          f" {optimal:.4f}.\n\n{table}\n"
-      )
+    training.atomic_write(os.path.join(workdir, "summary.md"), (
+        f"# System identification: test R^2 (median and IQR over {config.realizations}"
+        f" realizations)\n\n{config.inputs} inputs, SNR {config.snr_db} dB, optimal R^2"
+        f" {optimal:.4f}.\n\n{table}\n"))
     title = (f"{config.inputs} inputs, SNR {config.snr_db:g} dB, {config.realizations}"
-             f" realizations, {config.train_sequences} train seqs, T={config.seq_len},"
+             f" realizations, {config.train_sequences} train seqs, T={config.length},"
              f" {config.epochs} epochs")
     plot(rows, optimal, os.path.join(workdir, "r2_vs_hidden.png"), title=title)
   return {"rows": rows, "trained": trained, "skipped": [config_name(m, h) for m, h in done],
