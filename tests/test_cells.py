@@ -112,3 +112,128 @@ def test_cell_errors():
     )
   with pytest.raises(ValueError, match="parametrization"):
     urnn_jax.rebase({}, {}, "svd")
+
+
+# ---------------------------------------------------------------------------
+# The public fast-cell protocol: urnn_jax.HoistableCell.
+# ---------------------------------------------------------------------------
+
+
+class _ScaledTanhCell(urnn_jax.HoistableCell):
+  """A third-party cell (not an RNNCell): h' = tanh(h K + x F^T), K = s * Q, no bias."""
+
+  features: int
+  scale: float = 0.9
+
+  def setup(self):
+    self.dense = nn.Dense(self.features, use_bias=False, param_dtype=jnp.float64)
+    self.q = self.param("q", nn.initializers.orthogonal(), (self.features, self.features),
+                        jnp.float64)
+
+  def project_inputs(self, x, *, custom_gradient=False, separate_bias=False):
+    z = self.dense(x)
+    return (z, None) if separate_bias else z
+
+  def transition_kernel(self):
+    return self.scale * self.q
+
+  @property
+  def activation_fn(self):
+    return jnp.tanh
+
+  @nn.nowrap
+  def initialize_carry(self, rng, input_shape):
+    return jnp.zeros(tuple(input_shape[:-1]) + (self.features,), jnp.float64)
+
+
+def _spy_on_recurrence(monkeypatch):
+  from urnn_jax import recurrent
+
+  calls = []
+  real = recurrent.recurrence
+
+  def spy(*args, **kwargs):
+    calls.append(kwargs)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(recurrent, "recurrence", spy)
+  return calls
+
+
+def test_hoistable_cell_is_public_and_the_paper_cells_follow_it():
+  assert "HoistableCell" in urnn_jax.__all__
+  assert urnn_jax.HoistableCell is urnn_jax.cells.HoistableCell
+  for cell in (urnn_jax.RNNCell(3), urnn_jax.OrthogonalRNNCell(3, parametrization="expm")):
+    assert isinstance(cell, urnn_jax.HoistableCell)
+  assert not isinstance(nn.LSTMCell(3), urnn_jax.HoistableCell)
+  assert not isinstance(nn.SimpleCell(3), urnn_jax.HoistableCell)  # has activation_fn, no opt-in
+  assert urnn_jax.RNNCell(3).activation_params() is None
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_third_party_cell_gets_the_fast_path(x64, monkeypatch, time_major):
+  cell = _ScaledTanhCell(4)
+  x = jax.random.normal(jax.random.key(2), (3, 8, 2), jnp.float64)
+  xin = jnp.swapaxes(x, 0, 1) if time_major else x
+  lengths = jnp.array([8, 3, 5])
+  calls = _spy_on_recurrence(monkeypatch)
+  layer = urnn_jax.Recurrent(cell, time_major=time_major)
+  v = layer.init(jax.random.key(0), xin)
+  ys = layer.apply(v, xin, seq_lengths=lengths)
+  assert calls and calls[-1]["batch_major"] is (not time_major)
+  assert calls[-1]["bias"] is None and calls[-1]["activation_params"] is None
+  # The same as the cell's own step, scanned by flax.linen.RNN (no fast path there).
+  ref = nn.RNN(cell).apply(v, x, seq_lengths=lengths)
+  ys = jnp.swapaxes(ys, 0, 1) if time_major else ys
+  for i, length in enumerate([8, 3, 5]):
+    np.testing.assert_allclose(ys[i, :length], ref[i, :length], rtol=0, atol=1e-13)
+  # ...and its gradient is the custom VJP's: equal to plain autodiff.
+  loss = lambda custom: jax.grad(lambda v: jnp.sum(jnp.sin(urnn_jax.Recurrent(
+      cell, time_major=time_major, custom_gradient=custom).apply(v, xin, seq_lengths=lengths))))(v)
+  for a, b in zip(jax.tree.leaves(loss(True)), jax.tree.leaves(loss(False))):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_cells_without_the_protocol_take_the_generic_path(monkeypatch):
+  calls = _spy_on_recurrence(monkeypatch)
+  x = jnp.ones((2, 5, 3))
+  layer = urnn_jax.Recurrent(nn.SimpleCell(4))
+  layer.apply(layer.init(jax.random.key(0), x), x)
+  assert not calls
+  layer = urnn_jax.Recurrent(urnn_jax.RNNCell(4))
+  layer.apply(layer.init(jax.random.key(0), x), x)
+  assert len(calls) == 2 and calls[-1]["activation_params"] is None  # init and apply
+
+
+def test_incomplete_hoistable_cell_names_the_missing_piece():
+  class NoKernel(urnn_jax.HoistableCell):
+    def project_inputs(self, x, *, custom_gradient=False, separate_bias=False):
+      return (x, None) if separate_bias else x
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+      return jnp.zeros(input_shape)
+
+  with pytest.raises(NotImplementedError, match="NoKernel: a HoistableCell must implement transition_kernel"):
+    urnn_jax.Recurrent(NoKernel()).init(jax.random.key(0), jnp.ones((1, 2, 3)))
+
+
+@pytest.mark.parametrize("parametrization", [None, "expm", "cayley"])
+def test_cell_rnn_params(x64, parametrization):
+  cell = urnn_jax.OrthogonalRNNCell(4, parametrization=parametrization, param_dtype=jnp.float64,
+                                    generator_init=nn.initializers.normal(0.5),
+                                    bias_init=nn.initializers.normal(1.0))
+  x = jax.random.normal(jax.random.key(3), (2, 6, 3), jnp.float64)
+  v = cell.init(jax.random.key(0), jnp.zeros((2, 4)), x[:, 0])
+  theta = cell.apply(v, method="rnn_params")
+  np.testing.assert_array_equal(theta.W, cell.apply(v, method="transition_kernel").T)
+  np.testing.assert_array_equal(theta.F, v["params"]["input"]["kernel"].T)
+  np.testing.assert_array_equal(theta.b, v["params"]["input"]["bias"])
+  np.testing.assert_array_equal(theta.C, np.eye(4))
+  np.testing.assert_array_equal(theta.h0, 0.0)
+  rnn = nn.RNN(cell, variable_broadcast=("params", "constants"))
+  rnn_vars = {col: {"cell": tree} for col, tree in v.items()}
+  np.testing.assert_allclose(urnn_jax.simulate(theta, x), rnn.apply(rnn_vars, x), rtol=0, atol=1e-12)
+  # to_rnn_params takes the flax layer as the model, too.
+  for a, b in zip(urnn_jax.to_rnn_params(rnn_vars, rnn), theta):
+    np.testing.assert_array_equal(a, b)

@@ -177,3 +177,41 @@ def test_bad_parametrization_raises():
     cell.init(KEY, jnp.zeros((1, 4)), jnp.zeros((1, 2)))
   with pytest.raises(ValueError, match=r"rebase: parametrization='svd'"):
     urnn_jax.rebase({"recurrent_generator": jnp.zeros((2, 2))}, {"base": jnp.eye(2)}, "svd")
+
+
+@pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
+def test_to_rnn_params_of_a_parametrised_model(x64, parametrization):
+  cell = urnn_jax.OrthogonalRNNCell(5, parametrization=parametrization, activation="tanh",
+                                    generator_init=nn.initializers.normal(0.5),
+                                    param_dtype=jnp.float64)
+  model = urnn_jax.SequenceRegressor(cell, 2, learn_initial_carry=True)
+  x = jax.random.normal(KEY, (3, 9, 2), jnp.float64)
+  variables = model.init(KEY, x)
+  variables["params"]["rnn"]["initial_carry"] = jnp.linspace(-0.5, 0.5, 5)
+  theta = urnn_jax.to_rnn_params(variables, model)
+  # W through the cell's own transition_kernel: base @ map(skew(A)), transposed.
+  cell_vars = {"params": variables["params"]["rnn"]["cell"],
+               "constants": variables["constants"]["rnn"]["cell"]}
+  k = cell.apply(cell_vars, method="transition_kernel")
+  np.testing.assert_array_equal(theta.W, k.T)
+  base = np.asarray(cell_vars["constants"]["base"])
+  a = np.asarray(cell_vars["params"]["recurrent_generator"])
+  np.testing.assert_allclose(theta.W, (base @ _map_ref(parametrization, a)).T, rtol=0, atol=1e-10)
+  assert orthogonal.orthogonality_error(theta.W) < 1e-12
+  np.testing.assert_array_equal(theta.C, variables["params"]["readout"]["kernel"].T)
+  np.testing.assert_array_equal(theta.h0, variables["params"]["rnn"]["initial_carry"])
+  np.testing.assert_allclose(urnn_jax.simulate(theta, x, "tanh"), model.apply(variables, x),
+                             rtol=0, atol=1e-12)
+  ref = simulate_loop(*theta, x, "tanh")
+  np.testing.assert_allclose(np.asarray(model.apply(variables, x)), ref, rtol=0, atol=1e-10)
+  # Without the model, or without the constants, the error says what to pass.
+  with pytest.raises(ValueError, match=r"parametrised.*to_rnn_params\(variables, model\)"):
+    urnn_jax.to_rnn_params(variables)
+  with pytest.raises(ValueError, match="'constants'"):
+    urnn_jax.to_rnn_params({"params": variables["params"]}, model)
+  # The classifier's recurrent part, too.
+  clf = urnn_jax.LastStateClassifier(cell, 3)
+  vc = clf.init(KEY, x)
+  th = urnn_jax.to_rnn_params(vc, clf)
+  np.testing.assert_allclose(urnn_jax.simulate(th, x, "tanh"),
+                             clf.apply(vc, x, method="hidden_states"), rtol=0, atol=1e-12)

@@ -244,3 +244,98 @@ def test_bad_inputs():
     urnn_jax.Recurrent(urnn_jax.RNNCell(3), unroll=0).init(jax.random.key(0), x)
   with pytest.raises(TypeError, match="RNNCellBase"):
     urnn_jax.Recurrent(nn.Dense(3)).init(jax.random.key(0), x)
+
+
+# ---------------------------------------------------------------------------
+# Heads that answer for themselves: hidden_states / outputs_from_states /
+# rnn_params, and to_rnn_params(variables, model).
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", ["regressor", "classifier"])
+def test_heads_split_into_states_and_read_out(x64, head):
+  cell = f64_cell(5, activation="tanh")
+  if head == "regressor":
+    model = urnn_jax.SequenceRegressor(cell, 3, use_bias=True)
+  else:
+    model = urnn_jax.LastStateClassifier(cell, num_classes=4)
+  x = jax.random.normal(jax.random.key(20), (2, 9, 2), jnp.float64)
+  lengths = jnp.array([9, 4])
+  v = model.init(jax.random.key(0), x)
+  # The parameter tree keeps its names.
+  assert set(v["params"]) == {"rnn", "readout" if head == "regressor" else "head"}
+  for sl in (None, lengths):
+    hs = model.apply(v, x, seq_lengths=sl, method="hidden_states")
+    np.testing.assert_array_equal(
+        hs, urnn_jax.Recurrent(cell).apply({"params": v["params"]["rnn"]}, x, seq_lengths=sl))
+    out = model.apply(v, hs, seq_lengths=sl, method="outputs_from_states")
+    np.testing.assert_array_equal(out, model.apply(v, x, seq_lengths=sl))
+  # The read-out as a function of the states, differentiable (what diagnostics need).
+  g = jax.grad(lambda h: jnp.sum(model.apply(v, h, seq_lengths=lengths,
+                                             method="outputs_from_states") ** 2))(hs)
+  assert g.shape == hs.shape
+  if head == "classifier":  # only each sequence's last valid state is read
+    np.testing.assert_array_equal(g[1, 4:], 0.0)
+    np.testing.assert_array_equal(g[1, :3], 0.0)
+    assert np.any(g[1, 3] != 0)
+
+
+def test_rnn_params_of_every_model(x64):
+  x = jax.random.normal(jax.random.key(21), (3, 8, 2), jnp.float64)
+  cell = f64_cell(4, activation="tanh", bias_init=nn.initializers.normal(0.5))
+  reg = urnn_jax.SequenceRegressor(cell, 2, learn_initial_carry=True)
+  v = reg.init(jax.random.key(0), x)
+  v["params"]["rnn"]["initial_carry"] = jnp.array([0.3, -0.1, 0.2, 0.5])
+  theta = urnn_jax.to_rnn_params(v, reg)
+  for a, b in zip(theta, urnn_jax.to_rnn_params(v)):  # the same as reading the tree
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(theta, reg.apply(v, method="rnn_params")):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(urnn_jax.simulate(theta, x, "tanh"), reg.apply(v, x), atol=1e-12)
+  # Recurrent: C = I, h0 = the learned initial carry.
+  layer = urnn_jax.Recurrent(cell, learn_initial_carry=True)
+  th = urnn_jax.to_rnn_params({"params": v["params"]["rnn"]}, layer)
+  np.testing.assert_array_equal(th.C, np.eye(4))
+  np.testing.assert_array_equal(th.h0, v["params"]["rnn"]["initial_carry"])
+  np.testing.assert_allclose(urnn_jax.simulate(th, x, "tanh"),
+                             layer.apply({"params": v["params"]["rnn"]}, x), atol=1e-12)
+  # LastStateClassifier: the recurrent part, C = I, h0 = 0.
+  clf = urnn_jax.LastStateClassifier(cell, num_classes=3)
+  vc = clf.init(jax.random.key(1), x)
+  th = urnn_jax.to_rnn_params(vc, clf)
+  np.testing.assert_array_equal(th.C, np.eye(4))
+  np.testing.assert_array_equal(th.h0, 0.0)
+  np.testing.assert_allclose(urnn_jax.simulate(th, x, "tanh"),
+                             clf.apply(vc, x, method="hidden_states"), atol=1e-12)
+  # The recurrent part alone (C = I) of a regressor, read-out bias or not.
+  reg_b = urnn_jax.SequenceRegressor(cell, 2, use_bias=True, learn_initial_carry=True)
+  v_b = reg_b.init(jax.random.key(0), x)
+  v_b["params"]["rnn"] = v["params"]["rnn"]
+  th = reg_b.apply(v_b, method=lambda m: m.rnn.rnn_params())
+  np.testing.assert_array_equal(th.C, np.eye(4))
+  np.testing.assert_array_equal(th.W, theta.W)
+  np.testing.assert_array_equal(th.h0, theta.h0)
+  # jit-able (model is static).
+  jitted = jax.jit(lambda v: urnn_jax.to_rnn_params(v, reg))(v)
+  np.testing.assert_array_equal(jitted.W, theta.W)
+
+
+def test_rnn_params_errors_name_the_problem():
+  x = jnp.ones((1, 4, 2))
+  lstm = urnn_jax.SequenceRegressor(nn.LSTMCell(3), 2)
+  v = lstm.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="LSTMCell is not an eq. \\(1\\) cell"):
+    urnn_jax.to_rnn_params(v, lstm)
+  with pytest.raises(ValueError, match="LSTMCell is not an eq. \\(1\\) cell"):
+    urnn_jax.to_rnn_params({"params": v["params"]["rnn"]}, urnn_jax.Recurrent(nn.LSTMCell(3)))
+  with pytest.raises(ValueError, match="LSTMCell is not an eq. \\(1\\) cell"):
+    urnn_jax.LastStateClassifier(nn.LSTMCell(3), 2).apply(
+        urnn_jax.LastStateClassifier(nn.LSTMCell(3), 2).init(jax.random.key(0), x),
+        method="rnn_params")
+  with pytest.raises(ValueError, match="expected params"):
+    urnn_jax.to_rnn_params(v)
+  with pytest.raises(ValueError, match="Dense is not an eq. \\(1\\) cell"):
+    urnn_jax.to_rnn_params({"params": {}}, nn.Dense(3))
+  reg = urnn_jax.SequenceRegressor(urnn_jax.RNNCell(3), 2, use_bias=True)
+  with pytest.raises(ValueError, match="read-out has a bias"):
+    urnn_jax.to_rnn_params(reg.init(jax.random.key(0), x), reg)

@@ -6,6 +6,7 @@ it is the reference. Everything runs in float64 unless a test says otherwise.
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -370,3 +371,222 @@ def test_bias_shape_and_dtype(x64):
   _, hs = recurrence(jnp.eye(3, dtype=jnp.float32), jnp.ones((4, 3), jnp.float32),
                      jnp.zeros(3, jnp.float32), bias=np.ones(3, np.float64))
   assert hs.dtype == jnp.float64  # the bias takes part in the dtype promotion
+
+
+# ---------------------------------------------------------------------------
+# Activations with parameters: phi(a, p), p a differentiable input of the VJP.
+# ---------------------------------------------------------------------------
+
+
+def _modrelu(a, b):  # real modReLU with a learned per-unit bias b
+  return jnp.sign(a) * jax.nn.relu(jnp.abs(a) + b)
+
+
+def _leaky(a, slope):  # a learned per-unit negative slope
+  return jnp.where(a >= 0, a, slope * a)
+
+
+def _scaled_tanh(a, p):  # a pytree of parameters: per-unit gain, scalar offset
+  return p["gain"] * jnp.tanh(a + p["shift"])
+
+
+PARAM_ACTIVATIONS = {"modrelu": _modrelu, "leaky": _leaky, "scaled_tanh": _scaled_tanh}
+
+
+def _activation_params(name, n, dtype=jnp.float64):
+  k1, k2 = jax.random.split(jax.random.key(40))
+  if name == "modrelu":
+    return 0.3 * jax.random.normal(k1, (n,), dtype)
+  if name == "leaky":
+    return 0.1 + 0.2 * jax.random.uniform(k1, (n,), dtype)
+  return {"gain": 1.0 + 0.2 * jax.random.normal(k1, (n,), dtype),
+          "shift": jnp.asarray(0.1, dtype)}
+
+
+def _param_loss(custom, act, g_hs, g_last, lengths=None, batch_major=False, unroll=1):
+  def loss(kernel, z, h0, p):
+    zz = jnp.moveaxis(z, 0, -2) if batch_major else z
+    h_last, hs = recurrence(kernel, zz, h0, act, lengths=lengths, unroll=unroll,
+                            custom_gradient=custom, batch_major=batch_major, activation_params=p)
+    hs = jnp.moveaxis(hs, -2, 0) if batch_major else hs
+    return jnp.sum(g_hs * hs) + jnp.sum(g_last * h_last)
+
+  return loss
+
+
+@pytest.mark.parametrize("batch_major", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("batch_shape", [(), (2, 3)])
+@pytest.mark.parametrize("activation", sorted(PARAM_ACTIVATIONS))
+def test_activation_params_match_plain_autodiff(x64, activation, batch_shape, masked, batch_major):
+  act = PARAM_ACTIVATIONS[activation]
+  T, n = 9, 4
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(41), T, batch_shape, n)
+  p = _activation_params(activation, n)
+  lengths = None
+  if masked:
+    lengths = jnp.asarray(np.resize([9, 4, 0, 1, 12, 6], batch_shape)) if batch_shape else jnp.asarray(5)
+  args = (kernel, z, h0, p)
+  got = jax.grad(_param_loss(True, act, g_hs, g_last, lengths, batch_major), argnums=(0, 1, 2, 3))(*args)
+  want = jax.grad(_param_loss(False, act, g_hs, g_last, lengths), argnums=(0, 1, 2, 3))(*args)
+  assert_trees_close(got, want, rtol=1e-12)
+  assert all(np.any(np.asarray(leaf) != 0) for leaf in jax.tree.leaves(got[3]))
+  out = recurrence(kernel, jnp.moveaxis(z, 0, -2) if batch_major else z, h0, act,
+                   lengths=lengths, batch_major=batch_major, activation_params=p)
+  ref = recurrence(kernel, z, h0, lambda a: act(a, p), lengths=lengths, custom_gradient=False)
+  out = (out[0], jnp.moveaxis(out[1], -2, 0)) if batch_major else out
+  assert_trees_close(out, ref, rtol=0)
+
+
+def test_activation_params_masked_steps_contribute_nothing(x64):
+  # Only the loss at steps past a sequence's end: no gradient reaches p.
+  T, n = 6, 3
+  kernel, z, h0, _, _ = _problem(jax.random.key(42), T, (2,), n)
+  p = _activation_params("modrelu", n)
+  lengths = jnp.array([0, 0])
+  for batch_major in (False, True):
+    zz = jnp.moveaxis(z, 0, -2) if batch_major else z
+    g = jax.grad(lambda p: jnp.sum(recurrence(kernel, zz, h0, _modrelu, lengths=lengths,
+                                              batch_major=batch_major, activation_params=p)[1]))(p)
+    np.testing.assert_array_equal(g, 0.0)
+
+
+@pytest.mark.parametrize("batch_major", [False, True])
+def test_activation_params_second_order_and_unroll(x64, batch_major):
+  T, n = 5, 3
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(43), T, (2,), n)
+  p = _activation_params("scaled_tanh", n)
+  lengths = jnp.array([5, 2])
+  f = _param_loss(True, _scaled_tanh, g_hs, g_last, lengths, batch_major, unroll=2)
+  check_grads(f, (kernel, z, h0, p), order=1, modes=["rev"], eps=1e-4, atol=1e-6, rtol=1e-6)
+  # grad-of-grad (the backward pass differentiated again) equals plain autodiff's.
+  v = jax.random.normal(jax.random.key(44), (n,), jnp.float64)
+
+  def hvp(custom):
+    gp = jax.grad(_param_loss(custom, _scaled_tanh, g_hs, g_last, lengths,
+                              batch_major and custom), argnums=3)
+    return jax.grad(lambda k, p: jnp.vdot(gp(k, z, h0, p)["gain"], v), argnums=(0, 1))(kernel, p)
+
+  assert_trees_close(hvp(True), hvp(False))
+
+
+def test_activation_params_jit_vmap_and_dtypes(x64):
+  T, n = 6, 3
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(45), T, (2,), n)
+  ps = jnp.stack([_activation_params("leaky", n), 0.5 * _activation_params("leaky", n)])
+  f = lambda custom: jax.jit(jax.vmap(jax.grad(_param_loss(custom, _leaky, g_hs, g_last), argnums=3),
+                                      in_axes=(None, None, None, 0)))(kernel, z, h0, ps)
+  assert_trees_close(f(True), f(False))
+  # float32 parameters of a float64 recurrence: the gradient keeps p's dtype.
+  p32 = _activation_params("modrelu", n).astype(jnp.float32)
+  g = jax.grad(_param_loss(True, _modrelu, g_hs, g_last), argnums=3)(kernel, z, h0, p32)
+  assert g.dtype == jnp.float32
+  # float64 parameters promote a float32 recurrence's states (as a bias does).
+  _, hs = recurrence(kernel.astype(jnp.float32), z.astype(jnp.float32), h0.astype(jnp.float32),
+                     _modrelu, activation_params=_activation_params("modrelu", n))
+  assert hs.dtype == jnp.float64
+
+
+def test_activation_params_need_a_callable():
+  with pytest.raises(ValueError, match="activation_params need an activation phi"):
+    recurrence(jnp.eye(3), jnp.ones((4, 3)), jnp.zeros(3), "relu", activation_params=jnp.ones(3))
+  theta = urnn_jax.RNNParams.create(W=jnp.eye(3), F=jnp.ones((3, 1)))
+  with pytest.raises(ValueError, match="simulate: activation_params"):
+    urnn_jax.simulate(theta, jnp.ones((4, 1)), "tanh", activation_params=jnp.ones(3))
+
+
+def test_simulate_with_activation_params(x64):
+  theta = urnn_jax.RNNParams.create(W=0.5 * jnp.eye(3), F=jnp.ones((3, 2)), b=jnp.array([0.1, -0.2, 0.3]))
+  x = jax.random.normal(jax.random.key(46), (2, 7, 2), jnp.float64)
+  b = jnp.array([-0.3, 0.2, 0.05])
+  y = urnn_jax.simulate(theta, x, _modrelu, activation_params=b)
+  np.testing.assert_allclose(y, urnn_jax.simulate(theta, x, lambda a: _modrelu(a, b)), rtol=0, atol=0)
+  loss = lambda custom: jax.grad(lambda b, t: jnp.sum(jnp.sin(urnn_jax.simulate(
+      t, x, _modrelu, activation_params=b, custom_gradient=custom))), argnums=(0, 1))(b, theta)
+  assert_trees_close(loss(True), loss(False))
+
+
+# --- Through the layer: a cell with a learned activation parameter. -------------
+
+
+class _LearnedActivationCell(urnn_jax.HoistableCell):
+  """h' = phi(h K + x F^T + c, p), with phi's parameters p learned (not an RNNCell)."""
+
+  features: int
+  kind: str = "modrelu"
+
+  def setup(self):
+    n = self.features
+    self.input_kernel = self.param("input_kernel", jax.nn.initializers.normal(1.0), (2, n),
+                                   jnp.float64)
+    self.input_bias = self.param("input_bias", jax.nn.initializers.normal(0.3), (n,), jnp.float64)
+    self.recurrent_kernel = self.param("recurrent_kernel", urnn_jax.initializers.haar(), (n, n),
+                                       jnp.float64)
+    self.act_params = self.param("activation", lambda _: _activation_params(self.kind, n))
+
+  def project_inputs(self, x, *, custom_gradient=False, separate_bias=False):
+    z = x @ self.input_kernel
+    return (z, self.input_bias) if separate_bias else z + self.input_bias
+
+  def transition_kernel(self):
+    return self.recurrent_kernel
+
+  @property
+  def activation_fn(self):
+    return PARAM_ACTIVATIONS[self.kind]
+
+  def activation_params(self):
+    return self.act_params
+
+  def initialize_carry(self, rng, input_shape):
+    return jnp.zeros(tuple(input_shape[:-1]) + (self.features,), jnp.float64)
+
+
+def _python_loop_states(p, x, lengths, kind):
+  """A plain Python loop over the steps (batch-major x), differentiable by autodiff."""
+  phi = PARAM_ACTIVATIONS[kind]
+  h = jnp.zeros(x.shape[:1] + p["recurrent_kernel"].shape[-1:], x.dtype)
+  out = []
+  for k in range(x.shape[1]):
+    h_new = phi(h @ p["recurrent_kernel"] + x[:, k] @ p["input_kernel"] + p["input_bias"],
+                p["activation"])
+    if lengths is None:
+      h = h_new
+      out.append(h_new)
+    else:
+      valid = (k < lengths)[:, None]
+      h = jnp.where(valid, h_new, h)
+      out.append(jnp.where(valid, h_new, 0.0))
+  return jnp.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("kind", ["modrelu", "leaky"])
+def test_layer_learned_activation_gradient(x64, kind, time_major, masked):
+  cell = _LearnedActivationCell(5, kind=kind)
+  x = jax.random.normal(jax.random.key(47), (3, 11, 2), jnp.float64)
+  w = jax.random.normal(jax.random.key(48), (3, 11, 5), jnp.float64)
+  lengths = jnp.array([11, 4, 7]) if masked else None
+  variables = urnn_jax.Recurrent(cell).init(jax.random.key(49), x)
+  params = variables["params"]
+
+  def loss(p, custom):
+    layer = urnn_jax.Recurrent(cell, time_major=time_major, custom_gradient=custom)
+    xin = jnp.swapaxes(x, 0, 1) if time_major else x
+    hs = layer.apply({"params": p}, xin, seq_lengths=lengths)
+    hs = jnp.swapaxes(hs, 0, 1) if time_major else hs
+    return jnp.sum(w * hs) + 0.5 * jnp.sum(hs ** 2)
+
+  def loss_loop(p):
+    hs = _python_loop_states(p["cell"], x, lengths, kind)
+    return jnp.sum(w * hs) + 0.5 * jnp.sum(hs ** 2)
+
+  got = jax.grad(loss)(params, True)
+  assert np.all(np.abs(np.asarray(got["cell"]["activation"])) > 0)
+  assert_trees_close(got, jax.grad(loss)(params, False))
+  assert_trees_close(got, jax.grad(loss_loop)(params))
+  np.testing.assert_allclose(loss(params, True), loss_loop(params), rtol=1e-13)
+  if not masked:  # The cell's own step (HoistableCell.__call__) under flax.linen.RNN agrees.
+    np.testing.assert_allclose(nn.RNN(cell).apply(variables, x),
+                               _python_loop_states(params["cell"], x, None, kind), rtol=0, atol=1e-13)

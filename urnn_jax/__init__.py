@@ -4,8 +4,10 @@ The public API, by name:
 
 * the paper's model as a pure function: :class:`RNNParams`, :func:`simulate`;
 * Flax cells and the fast sequence layer: :class:`RNNCell`,
-  :class:`OrthogonalRNNCell`, :class:`Recurrent`, :class:`SequenceRegressor`,
-  :class:`LastStateClassifier`, :func:`to_rnn_params`, :func:`from_rnn_params`;
+  :class:`OrthogonalRNNCell`, :class:`HoistableCell` (the fast-cell protocol's
+  base class, for third-party cells), :class:`Recurrent`,
+  :class:`SequenceRegressor`, :class:`LastStateClassifier`,
+  :func:`to_rnn_params`, :func:`from_rnn_params`;
 * submodules: :mod:`urnn_jax.orthogonal` (matrix maps),
   :mod:`urnn_jax.initializers`.
 """
@@ -14,6 +16,7 @@ from urnn_jax import initializers
 from urnn_jax import optim
 from urnn_jax import orthogonal
 from urnn_jax import theory
+from urnn_jax.cells import HoistableCell
 from urnn_jax.cells import OrthogonalRNNCell
 from urnn_jax.cells import RNNCell
 from urnn_jax.cells import rebase
@@ -33,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "HoistableCell",
     "LastStateClassifier",
     "OrthogonalRNNCell",
     "RNNCell",

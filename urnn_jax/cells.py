@@ -1,14 +1,62 @@
 """Flax linen cells for the paper's RNN (eq. 1) and its unitary version.
 
 The cells follow :class:`flax.linen.RNNCellBase`, so ``flax.linen.RNN(cell)``
-works unchanged. They also expose the three pieces that
-:class:`urnn_jax.Recurrent` hoists out of ``lax.scan``:
+works unchanged.
 
-* ``project_inputs(x)``: x F^T + b for every step at once (one matmul;
-  ``separate_bias=True`` returns ``(x F^T, b)``, and the loop adds b per step);
-* ``transition_kernel()``: the recurrent kernel K = W^T, built once per call
-  (for a parametrised cell this is where map(A) is evaluated);
-* ``activation_fn``: phi.
+The fast-cell protocol: :class:`HoistableCell`
+-----------------------------------------------
+
+:class:`urnn_jax.Recurrent` runs a cell through its fast path (all
+loop-invariant work hoisted out of the loop, the loop itself in
+:func:`urnn_jax.rnn.recurrence` with its memory-light custom VJP) exactly when
+the cell is an instance of :class:`HoistableCell`. Deriving from it is the
+cell's promise that one step is
+
+    h(k) = phi(h(k-1) K + x(k) F^T + b [, p]),
+
+i.e. that its step is nothing but the composition of the pieces below (the
+fast path never calls the cell's ``__call__``). A third-party cell gets the
+fast path by deriving from :class:`HoistableCell` (not from :class:`RNNCell`)
+and providing:
+
+* ``project_inputs(x, *, custom_gradient=False, separate_bias=False)``
+  (required): the input part of the pre-activation for every step at once,
+  ``x`` being ``(..., m)`` with any leading axes (the layer passes the whole
+  ``(*batch, T, m)`` or ``(T, *batch, m)`` sequence). With
+  ``separate_bias=False`` it returns ``x F^T + b`` ``(..., n)``; with
+  ``separate_bias=True`` the pair ``(x F^T, b)`` with ``b`` of shape ``(n,)``
+  or ``None`` (what the layer asks for: it adds ``b`` inside the loop).
+  ``custom_gradient`` is a hint that the result is only differentiated in
+  reverse mode (so :func:`urnn_jax.rnn.project_rows` may be used); a cell may
+  ignore it.
+* ``transition_kernel()`` (required): the ``(n, n)`` recurrent kernel
+  K = W^T in the row-vector convention, built once per layer call (a
+  parametrisation such as K = base @ expm(skew(A)) is evaluated here, outside
+  the loop).
+* ``activation_fn`` (required, a property or attribute): phi, an elementwise
+  callable ``phi(a)``, or ``phi(a, p)`` when ``activation_params()`` returns
+  parameters. A *named* activation's function (``urnn_jax.ACTIVATIONS``, e.g.
+  ``get_activation("relu")``) gets the closed-form derivative from the saved
+  states; any other callable is differentiated by its own ``jax.vjp``.
+* ``activation_params()`` (optional; default ``None``): a pytree ``p`` of
+  the activation's parameters (e.g. a learned per-unit modReLU bias, declared
+  with ``self.param`` in ``setup``). When it is not ``None`` the activation is
+  called as ``activation_fn(a, p)`` and ``p`` is a differentiable input of the
+  recurrence's custom VJP (see :func:`urnn_jax.recurrence`).
+* ``initialize_carry(rng, input_shape)`` (required by
+  :class:`flax.linen.RNNCellBase`): the ``input_shape[:-1] + (n,)`` state.
+
+:class:`HoistableCell` supplies ``__call__(carry, inputs)`` (one step, built
+from the same pieces, so ``flax.linen.RNN(cell)`` and the layer's generic
+path agree with the fast path) and ``num_feature_axes = 1``. Declare the
+parameters in ``setup``: the layer calls ``project_inputs``,
+``transition_kernel`` and ``activation_params`` as separate methods.
+
+Cells that also follow eq. (1) literally (``project_inputs`` affine, no
+activation parameters) may define ``rnn_params()`` returning
+:class:`urnn_jax.RNNParams` with C = I, h0 = 0 (as :class:`RNNCell` and
+:class:`OrthogonalRNNCell` do); :func:`urnn_jax.to_rnn_params` and the
+layers' ``rnn_params()`` use it.
 
 Parameter layout (row-vector / Flax convention)::
 
@@ -29,7 +77,7 @@ import jax.numpy as jnp
 
 from urnn_jax import initializers as inits
 from urnn_jax import orthogonal
-from urnn_jax.rnn import Activation, get_activation, project_rows
+from urnn_jax.rnn import Activation, RNNParams, check_params, get_activation, project_rows
 
 Initializer = Callable[..., jax.Array]
 
@@ -59,7 +107,81 @@ class _InputProjection(nn.Module):
     return (y, bias) if separate_bias else y + bias
 
 
-class _HoistableCell(nn.RNNCellBase):
+class HoistableCell(nn.RNNCellBase):
+  """Base class of the cells that :class:`urnn_jax.Recurrent` runs on its fast path.
+
+  The public fast-cell protocol (see the module docstring for the full
+  contract): a subclass implements ``project_inputs(x, *,
+  custom_gradient=False, separate_bias=False)``, ``transition_kernel()``,
+  ``activation_fn`` and ``initialize_carry(rng, input_shape)``, and may
+  override ``activation_params()`` (default ``None``). This class has no
+  fields and provides ``__call__`` (one step) and ``num_feature_axes``.
+
+  Example (a cell with a learned real modReLU bias,
+  phi(a) = sign(a) relu(|a| + b)):
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, urnn_jax
+    >>> class ModReLUCell(urnn_jax.HoistableCell):
+    ...   features: int
+    ...   def setup(self):
+    ...     self.dense = nn.Dense(self.features)
+    ...     self.kernel = self.param("recurrent_kernel", urnn_jax.initializers.haar(),
+    ...                              (self.features, self.features))
+    ...     self.b = self.param("modrelu_bias", nn.initializers.zeros_init(), (self.features,))
+    ...   def project_inputs(self, x, *, custom_gradient=False, separate_bias=False):
+    ...     z = self.dense(x)
+    ...     return (z, None) if separate_bias else z
+    ...   def transition_kernel(self):
+    ...     return self.kernel
+    ...   @property
+    ...   def activation_fn(self):
+    ...     return lambda a, b: jnp.sign(a) * jax.nn.relu(jnp.abs(a) + b)
+    ...   def activation_params(self):
+    ...     return self.b
+    ...   @nn.nowrap
+    ...   def initialize_carry(self, rng, input_shape):
+    ...     return jnp.zeros(tuple(input_shape[:-1]) + (self.features,))
+    >>> layer = urnn_jax.Recurrent(ModReLUCell(4))
+    >>> v = layer.init(jax.random.key(0), jnp.ones((2, 5, 3)))
+    >>> layer.apply(v, jnp.ones((2, 5, 3))).shape
+    (2, 5, 4)
+  """
+
+  def project_inputs(self, x: jax.Array, *, custom_gradient: bool = False,
+                     separate_bias: bool = False):
+    """x F^T + b over all leading axes; ``(x F^T, b)`` with ``separate_bias``."""
+    raise NotImplementedError(
+        f"{type(self).__name__}: a HoistableCell must implement project_inputs.")
+
+  def transition_kernel(self) -> jax.Array:
+    """The ``(n, n)`` recurrent kernel K = W^T (row-vector convention)."""
+    raise NotImplementedError(
+        f"{type(self).__name__}: a HoistableCell must implement transition_kernel.")
+
+  @property
+  def activation_fn(self) -> Callable[..., jax.Array]:
+    """phi: ``phi(a)``, or ``phi(a, p)`` when ``activation_params()`` is not None."""
+    raise NotImplementedError(
+        f"{type(self).__name__}: a HoistableCell must define activation_fn.")
+
+  def activation_params(self) -> Any:
+    """The activation's parameters (a pytree), or ``None`` (default): phi(a) alone."""
+    return None
+
+  def __call__(self, carry, inputs):
+    """One step: returns ``(h, h)`` with h = phi(carry K + inputs F^T + b [, p])."""
+    k = self.transition_kernel()
+    a = carry @ k + self.project_inputs(inputs)
+    params = self.activation_params()
+    h = self.activation_fn(a) if params is None else self.activation_fn(a, params)
+    return h, h
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+
+class _Eq1Cell(HoistableCell):
   """Shared body of the eq. (1) cells: h' = phi(h K + x F^T + b)."""
 
   features: int
@@ -93,10 +215,6 @@ class _HoistableCell(nn.RNNCellBase):
   def _setup_recurrent(self):
     raise NotImplementedError
 
-  def transition_kernel(self) -> jax.Array:
-    """The recurrent kernel K = W^T (row-vector convention)."""
-    raise NotImplementedError
-
   @property
   def activation_fn(self) -> Callable[[jax.Array], jax.Array]:
     return get_activation(self.activation)
@@ -119,17 +237,30 @@ class _HoistableCell(nn.RNNCellBase):
     h = self.activation_fn(carry @ k + self.project_inputs(inputs))
     return h, h
 
+  def rnn_params(self) -> RNNParams:
+    """The cell's eq. (1) parameters: ``RNNParams(W, F, b, C=I, h0=0)``.
+
+    W is ``transition_kernel().T``, so a parametrised cell's W = (base @
+    map(skew(A)))^T is evaluated here. Use on a bound cell, e.g.
+    ``cell.apply(variables, method="rnn_params")`` with the cell's full
+    variables (``'params'`` and, for a parametrised cell, ``'constants'``).
+    """
+    w = self.transition_kernel().T
+    inputs = self.input.variables["params"]
+    f = jnp.asarray(inputs["kernel"]).T
+    b = jnp.asarray(inputs["bias"])
+    n = w.shape[-1]
+    params = RNNParams(w, f, b, jnp.eye(n, dtype=w.dtype), jnp.zeros((n,), w.dtype))
+    check_params(params)
+    return params
+
   @nn.nowrap
   def initialize_carry(self, rng, input_shape):
     """A zero (by ``carry_init``) state of shape ``input_shape[:-1] + (features,)``."""
     return self.carry_init(rng, tuple(input_shape[:-1]) + (self.features,), self.param_dtype)
 
-  @property
-  def num_feature_axes(self) -> int:
-    return 1
 
-
-class RNNCell(_HoistableCell):
+class RNNCell(_Eq1Cell):
   r"""The paper's RNN cell with a free transition matrix (eq. 1).
 
   .. math:: h^{(k)} = \phi(W h^{(k-1)} + F x^{(k)} + b)
@@ -168,7 +299,7 @@ class RNNCell(_HoistableCell):
     return k if self.dtype is None else k.astype(self.dtype)
 
 
-class OrthogonalRNNCell(_HoistableCell):
+class OrthogonalRNNCell(_Eq1Cell):
   r"""The unitary (orthogonal) RNN cell: eq. (1) with W^T W = I.
 
   Two ways to keep W orthogonal:

@@ -1,14 +1,17 @@
 """``Recurrent``: the sequence layer, plus the experiments' task heads.
 
 ``Recurrent(cell)`` runs any :class:`flax.linen.RNNCellBase` over a sequence.
-For the eq. (1) cells (:class:`~urnn_jax.RNNCell`,
-:class:`~urnn_jax.OrthogonalRNNCell`) it hoists all loop-invariant work out of
-``lax.scan``:
+For a :class:`~urnn_jax.HoistableCell` (the public fast-cell protocol, see
+:mod:`urnn_jax.cells`; :class:`~urnn_jax.RNNCell` and
+:class:`~urnn_jax.OrthogonalRNNCell` are ones) it hoists all loop-invariant
+work out of ``lax.scan``:
 
-1. the input projection x F^T + b for every step, as one matmul;
+1. the input projection x F^T + b for every step, as one matmul
+   (``cell.project_inputs``);
 2. the recurrent kernel K = W^T, including any parametrisation
-   (K = base @ expm(skew(A))), built once per call;
-3. a loop whose body is only ``phi(h @ K + z_k)``
+   (K = base @ expm(skew(A))), built once per call (``cell.transition_kernel``);
+3. a loop whose body is only ``phi(h @ K + z_k)`` (``cell.activation_fn``,
+   with ``cell.activation_params()`` when the activation has parameters)
    (:func:`urnn_jax.rnn.recurrence`, shared with :func:`urnn_jax.simulate`),
    run in the input's own layout: batch-major inputs are read and the states
    written step by step in place, with no (T, B, n) transposes.
@@ -16,6 +19,12 @@ For the eq. (1) cells (:class:`~urnn_jax.RNNCell`,
 Other cells (flax's ``LSTMCell``, ``GRUCell``, ...) are scanned with
 ``flax.linen.scan`` exactly as ``flax.linen.RNN`` does, so every baseline
 goes through the same layer with the same options.
+
+The heads answer for themselves: ``hidden_states(x)`` and
+``outputs_from_states(hidden_states)`` split a head's ``__call__`` (``model(x)
+== outputs_from_states(hidden_states(x))``), and ``rnn_params()`` returns the
+eq. (1) parameters (all usable as ``model.apply(variables, ..., method=...)``);
+:func:`to_rnn_params` wraps the latter.
 """
 
 from __future__ import annotations
@@ -27,29 +36,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from urnn_jax.cells import _HoistableCell
+from urnn_jax.cells import HoistableCell
 from urnn_jax.rnn import RNNParams, check_params, recurrence
 
 
 def _is_hoistable(cell) -> bool:
-  return isinstance(cell, _HoistableCell)
+  return isinstance(cell, HoistableCell)
+
+
+def _not_eq1_error(where: str, cell) -> ValueError:
+  return ValueError(
+      f"{where}: the cell {type(cell).__name__} is not an eq. (1) cell"
+      " (h(k) = phi(W h(k-1) + F x(k) + b) with an rnn_params() method, as RNNCell and"
+      " OrthogonalRNNCell have), so the model has no RNNParams (W, F, b, C, h0)."
+  )
 
 
 class Recurrent(nn.Module):
   """Runs ``cell`` over a sequence with ``lax.scan``.
 
   Attributes:
-    cell: any ``flax.linen.RNNCellBase``.
+    cell: any ``flax.linen.RNNCellBase``; a :class:`~urnn_jax.HoistableCell`
+      (e.g. :class:`RNNCell`, :class:`OrthogonalRNNCell`) runs on the fast path.
     time_major: inputs are ``(T, *batch, m)`` instead of ``(*batch, T, m)``.
     unroll: ``lax.scan`` unroll factor.
     learn_initial_carry: make h(-1) a learnable parameter ``initial_carry``
       (zeros at init), shared across the batch.
     return_carry: also return the final carry.
-    custom_gradient: for the paper's cells (:class:`RNNCell`,
-      :class:`OrthogonalRNNCell`), use :func:`urnn_jax.rnn.recurrence`'s
-      memory-light custom VJP (default). Reverse mode only: set ``False`` to
-      differentiate the layer in forward mode (``jax.jvp``, ``jax.jacfwd``).
-      Other cells ignore it.
+    custom_gradient: for a :class:`~urnn_jax.HoistableCell` (the paper's
+      cells :class:`RNNCell`, :class:`OrthogonalRNNCell` among them), use
+      :func:`urnn_jax.rnn.recurrence`'s memory-light custom VJP (default).
+      Reverse mode only: set ``False`` to differentiate the layer in forward
+      mode (``jax.jvp``, ``jax.jacfwd``). Other cells ignore it.
 
   ``__call__(x, *, initial_carry=None, seq_lengths=None)`` returns the
   outputs, ``(*batch, T, n)`` (time-major: ``(T, *batch, n)``), or
@@ -57,6 +75,10 @@ class Recurrent(nn.Module):
   shape ``batch``), the carry is frozen once a sequence has ended, so the
   returned carry is the state at its last valid step, and outputs past the end
   are zero.
+
+  ``rnn_params()`` (``layer.apply(variables, method="rnn_params")``) gives the
+  eq. (1) parameters of an eq. (1) cell, with C = I and h0 the learned
+  ``initial_carry`` (else the cell's initial carry).
 
   Example:
     >>> import jax, jax.numpy as jnp, urnn_jax
@@ -129,6 +151,7 @@ class Recurrent(nn.Module):
       z, bias = self.cell.project_inputs(  # one matmul, all steps; b is added in the loop
           x, custom_gradient=self.custom_gradient, separate_bias=True)
       kernel = self.cell.transition_kernel()  # built once per call
+      activation_params = self.cell.activation_params()  # None: phi(a) alone
       carry, ys = recurrence(
           kernel,
           z,
@@ -139,6 +162,7 @@ class Recurrent(nn.Module):
           unroll=self.unroll,
           custom_gradient=self.custom_gradient,
           batch_major=not self.time_major,
+          activation_params=activation_params,
       )
     else:
       xt = x if self.time_major else jnp.moveaxis(x, -2, 0)  # (T, *batch, m)
@@ -146,6 +170,34 @@ class Recurrent(nn.Module):
       if not self.time_major:
         ys = jnp.moveaxis(ys, 0, -2)
     return (carry, ys) if self.return_carry else ys
+
+  def rnn_params(self) -> RNNParams:
+    """The eq. (1) parameters ``RNNParams(W, F, b, C=I, h0)`` of the layer's cell.
+
+    W comes from the cell's own ``transition_kernel`` (parametrised cells
+    included); h0 is the learned ``initial_carry`` with
+    ``learn_initial_carry``, else the cell's initial carry (zeros by
+    default). Call it as ``layer.apply(variables, method="rnn_params")``.
+
+    Raises:
+      ValueError: the cell is not an eq. (1) cell (e.g. an LSTM).
+    """
+    cell = self.cell
+    if not callable(getattr(cell, "rnn_params", None)):
+      raise _not_eq1_error("Recurrent.rnn_params", cell)
+    theta = cell.rnn_params()
+    if self.learn_initial_carry:
+      h0 = self.get_variable("params", "initial_carry")
+      if h0 is None:
+        raise ValueError(
+            "Recurrent.rnn_params: learn_initial_carry=True but the variables hold no"
+            " 'initial_carry' parameter."
+        )
+    else:
+      h0 = cell.initialize_carry(jax.random.key(0), (theta.input_size,))
+    theta = theta._replace(h0=jnp.asarray(h0))
+    check_params(theta)
+    return theta
 
   def _generic_scan(self, xt, carry, seq_lengths):
     """Scans an arbitrary cell, as flax.linen.RNN does (no hoisting possible)."""
@@ -182,7 +234,19 @@ class SequenceRegressor(nn.Module):
 
   With an eq. (1) cell this is exactly the paper's model; its parameters
   convert to and from :class:`~urnn_jax.RNNParams` with :func:`to_rnn_params`
-  and :func:`from_rnn_params`.
+  (or ``model.apply(variables, method="rnn_params")``) and
+  :func:`from_rnn_params`.
+
+  Methods (all usable as ``model.apply(variables, ..., method=name)``):
+  ``__call__(x, *, seq_lengths=None)`` = ``outputs_from_states(
+  hidden_states(x, seq_lengths=seq_lengths))``;
+  ``hidden_states(x, *, seq_lengths=None)``: the states ``(*batch, T, n)``;
+  ``outputs_from_states(hidden_states, *, seq_lengths=None)``: the read-out
+  y(k) = C h(k) (+ bias) for every step (``seq_lengths`` is accepted for a
+  signature shared with :class:`LastStateClassifier` and unused: the states
+  past a sequence's end are already zero); ``rnn_params()`` (with C = the
+  read-out; the recurrent part alone, C = I, whatever the read-out:
+  ``model.apply(variables, method=lambda m: m.rnn.rnn_params())``).
 
   Attributes:
     cell: the recurrent cell.
@@ -200,26 +264,66 @@ class SequenceRegressor(nn.Module):
   unroll: int = 1
   custom_gradient: bool = True
 
-  @nn.compact
-  def __call__(self, x, *, seq_lengths=None):
-    hs = Recurrent(
+  def setup(self):
+    # Submodule names (and so the parameter tree) are "rnn" and "readout".
+    self.rnn = Recurrent(
         self.cell.clone(parent=None),
         learn_initial_carry=self.learn_initial_carry,
         unroll=self.unroll,
         custom_gradient=self.custom_gradient,
-        name="rnn",
-    )(x, seq_lengths=seq_lengths)
-    return nn.Dense(
+    )
+    self.readout = nn.Dense(
         self.out_features,
         use_bias=self.use_bias,
         dtype=getattr(self.cell, "dtype", None),
         param_dtype=getattr(self.cell, "param_dtype", jnp.float32),
-        name="readout",
-    )(hs)
+    )
+
+  def __call__(self, x, *, seq_lengths=None):
+    return self.outputs_from_states(self.hidden_states(x, seq_lengths=seq_lengths))
+
+  def hidden_states(self, x, *, seq_lengths=None):
+    """The recurrent layer's states h(k), ``(*batch, T, n)``."""
+    return self.rnn(x, seq_lengths=seq_lengths)
+
+  def outputs_from_states(self, hidden_states, *, seq_lengths=None):
+    """The read-out y(k) = C h(k) (+ bias) of states ``(*batch, T, n)``: ``(*batch, T, p)``.
+
+    ``seq_lengths`` is unused (see the class docstring).
+    """
+    del seq_lengths
+    return self.readout(hidden_states)
+
+  def rnn_params(self) -> RNNParams:
+    """``RNNParams(W, F, b, C, h0)`` with C = the read-out kernel^T.
+
+    Raises:
+      ValueError: the read-out has a bias (``use_bias=True``), which eq. (1)
+        does not have, or the cell is not an eq. (1) cell.
+    """
+    if self.use_bias:
+      raise ValueError(
+          "SequenceRegressor.rnn_params: the read-out has a bias, which eq. (1) does not"
+          " have; build the SequenceRegressor with use_bias=False."
+      )
+    theta = self.rnn.rnn_params()
+    c = jnp.asarray(self.readout.variables["params"]["kernel"]).T
+    theta = theta._replace(C=c)
+    check_params(theta)
+    return theta
 
 
 class LastStateClassifier(nn.Module):
   """Classification from the output at each sequence's last step (Fig. 4).
+
+  Methods (all usable as ``model.apply(variables, ..., method=name)``):
+  ``__call__(x, *, seq_lengths=None)`` = ``outputs_from_states(
+  hidden_states(x, seq_lengths=seq_lengths), seq_lengths=seq_lengths)``;
+  ``hidden_states(x, *, seq_lengths=None)``: the states ``(*batch, T, n)``;
+  ``outputs_from_states(hidden_states, *, seq_lengths=None)``: the logits
+  from each sequence's last valid state; ``rnn_params()``: the recurrent
+  part's eq. (1) parameters with C = I (the classifier head, which reads
+  only the last step and has a bias, is not eq. (1)'s C).
 
   Attributes:
     cell: the recurrent cell.
@@ -233,21 +337,41 @@ class LastStateClassifier(nn.Module):
   unroll: int = 1
   custom_gradient: bool = True
 
-  @nn.compact
+  def setup(self):
+    # Submodule names (and so the parameter tree) are "rnn" and "head".
+    self.rnn = Recurrent(self.cell.clone(parent=None), unroll=self.unroll,
+                         custom_gradient=self.custom_gradient)
+    self.head = nn.Dense(
+        self.num_classes,
+        dtype=getattr(self.cell, "dtype", None),
+        param_dtype=getattr(self.cell, "param_dtype", jnp.float32),
+    )
+
   def __call__(self, x, *, seq_lengths=None):
-    hs = Recurrent(self.cell.clone(parent=None), unroll=self.unroll,
-                   custom_gradient=self.custom_gradient, name="rnn")(x, seq_lengths=seq_lengths)
+    hs = self.hidden_states(x, seq_lengths=seq_lengths)
+    return self.outputs_from_states(hs, seq_lengths=seq_lengths)
+
+  def hidden_states(self, x, *, seq_lengths=None):
+    """The recurrent layer's states h(k), ``(*batch, T, n)``."""
+    return self.rnn(x, seq_lengths=seq_lengths)
+
+  def outputs_from_states(self, hidden_states, *, seq_lengths=None):
+    """Logits ``(*batch, num_classes)`` from the state at each sequence's last valid step."""
+    hs = hidden_states
     if seq_lengths is None:
       last = hs[..., -1, :]
     else:
       idx = jnp.clip(jnp.asarray(seq_lengths) - 1, 0, hs.shape[-2] - 1)
       last = jnp.take_along_axis(hs, idx[..., None, None], axis=-2)[..., 0, :]
-    return nn.Dense(
-        self.num_classes,
-        dtype=getattr(self.cell, "dtype", None),
-        param_dtype=getattr(self.cell, "param_dtype", jnp.float32),
-        name="head",
-    )(last)
+    return self.head(last)
+
+  def rnn_params(self) -> RNNParams:
+    """The recurrent part's ``RNNParams(W, F, b, C=I, h0=0)`` (see the class docstring).
+
+    Raises:
+      ValueError: the cell is not an eq. (1) cell.
+    """
+    return self.rnn.rnn_params()
 
 
 def _unwrap(variables) -> dict:
@@ -255,13 +379,57 @@ def _unwrap(variables) -> dict:
   return dict(variables["params"]) if "params" in variables else variables
 
 
-def to_rnn_params(variables) -> RNNParams:
-  """RNNParams (W, F, b, C, h0) from a ``SequenceRegressor`` with an ``RNNCell``.
+def _contains_key(tree, key: str) -> bool:
+  if not hasattr(tree, "items"):
+    return False
+  return any(k == key or _contains_key(v, key) for k, v in tree.items())
 
-  Also accepts the variables of ``flax.linen.RNN(RNNCell)`` or
-  ``Recurrent(RNNCell)`` (no read-out: C = I). Parametrised orthogonal cells
-  are not supported here; evaluate their kernel with ``transition_kernel``.
+
+def _apply_rnn_params(variables, model: nn.Module) -> RNNParams:
+  variables = dict(variables)
+  if "params" not in variables:
+    variables = {"params": variables}
+  if _contains_key(variables["params"], "recurrent_generator") and "constants" not in variables:
+    raise ValueError(
+        "to_rnn_params: the cell is parametrised (W = base @ map(skew(A))), and its base"
+        " lives in the 'constants' collection: pass the full variables"
+        " {'params': ..., 'constants': ...}."
+    )
+  if isinstance(model, nn.RNN):  # flax's layer: the cell's variables are under 'cell'.
+    model = model.cell
+    variables = {col: tree["cell"] for col, tree in variables.items() if "cell" in tree}
+  if not callable(getattr(model, "rnn_params", None)):
+    raise _not_eq1_error("to_rnn_params", model)
+  return model.apply(variables, method="rnn_params")
+
+
+def to_rnn_params(variables, model: nn.Module | None = None) -> RNNParams:
+  """RNNParams (W, F, b, C, h0) of an eq. (1) model's variables.
+
+  With ``model`` (the module the variables belong to: a
+  :class:`SequenceRegressor`, :class:`LastStateClassifier`,
+  :class:`Recurrent`, ``flax.linen.RNN`` of an eq. (1) cell, or the cell
+  itself), this is ``model.apply(variables, method="rnn_params")``: W comes
+  from the cell's own ``transition_kernel``, so every eq. (1) cell works,
+  parametrised ones (``OrthogonalRNNCell(parametrization="expm"/"cayley")``)
+  included; pass the full variables ``{'params': ..., 'constants': ...}``.
+  C is the regressor's read-out kernel^T, or I for the other models (no
+  eq. (1) read-out); h0 is the learned ``initial_carry``, or zeros.
+
+  Without ``model`` the parameter tree is read directly: the variables of a
+  ``SequenceRegressor``, ``Recurrent`` or ``flax.linen.RNN`` whose cell has a
+  free ``recurrent_kernel`` (:class:`RNNCell`, unparametrised
+  :class:`OrthogonalRNNCell`).
+
+  The activation, and any parameters of it, are not part of Theta.
+
+  Raises:
+    ValueError: the read-out has a bias; the cell is not an eq. (1) cell
+      (e.g. an LSTM); a parametrised cell without ``model`` or without its
+      ``constants``; a tree of no known layout.
   """
+  if model is not None:
+    return _apply_rnn_params(variables, model)
   p = _unwrap(variables)
   readout = p.get("readout")
   if readout is not None and "bias" in readout:
@@ -271,11 +439,19 @@ def to_rnn_params(variables) -> RNNParams:
     )
   rnn = p.get("rnn", p)
   cell = rnn.get("cell")
+  if cell is not None and "recurrent_generator" in cell:
+    raise ValueError(
+        "to_rnn_params: the cell is parametrised (W = base @ map(skew(A)), a"
+        " 'recurrent_generator' instead of a 'recurrent_kernel'); pass the model so that W"
+        " is computed by the cell's own transition_kernel: to_rnn_params(variables, model),"
+        " with the full variables {'params': ..., 'constants': ...}."
+    )
   if cell is None or "recurrent_kernel" not in cell:
     raise ValueError(
         "to_rnn_params: expected params of a SequenceRegressor/Recurrent/"
         "flax.linen.RNN with an RNNCell or OrthogonalRNNCell (a 'cell' holding"
-        f" 'input' and 'recurrent_kernel'); got top-level keys {sorted(p)}."
+        f" 'input' and 'recurrent_kernel'); got top-level keys {sorted(p)}. For other"
+        " eq. (1) cells pass the model: to_rnn_params(variables, model)."
     )
   k = jnp.asarray(cell["recurrent_kernel"])
   n = k.shape[-1]

@@ -8,13 +8,21 @@ convention (``W`` is ``(n, n)``, ``F`` is ``(n, m)``, ``C`` is ``(p, n)``).
 is the scan kernel shared by ``simulate`` and the Flax layer
 (:class:`urnn_jax.Recurrent`): the input projection is computed for every
 step before it is called, so only ``h @ K`` runs inside ``lax.scan``.
+
+An activation may carry learned parameters: pass ``activation_params=p``
+(any pytree of arrays) to :func:`recurrence` or :func:`simulate` and the
+activation is called as ``phi(a, p)``, e.g. a real modReLU
+``lambda a, b: jnp.sign(a) * jax.nn.relu(jnp.abs(a) + b)``. ``p`` is a
+differentiable input of the custom VJP: its gradient is the per-step VJP of
+phi with respect to ``p``, summed over the steps (masked steps contribute
+nothing). Without ``activation_params`` (the default) nothing of this runs.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +30,8 @@ from jax import lax
 
 Array = jax.Array
 Activation = Union[str, Callable[[Array], Array]]
+# With activation parameters p (a pytree), the activation is phi(a, p).
+ParametrizedActivation = Callable[[Array, Any], Array]
 
 
 def _abs(x):
@@ -397,6 +407,110 @@ def _bm_recurrence_bwd(phi, unroll, residuals, cotangents):
 _bm_recurrence.defvjp(_bm_recurrence_fwd, _bm_recurrence_bwd)
 
 
+# ---------------------------------------------------------------------------
+# Activations with parameters: h(k) = phi(h(k-1) K + z(k), p).
+#
+# The same loops with phi bound to p, under custom VJPs of their own that take
+# p as a differentiable input (the loops above are left exactly as they are:
+# without activation parameters none of this is traced). The forward pass saves
+# the pre-activations; each backward step takes ONE jax.vjp of phi at
+# (a(k), p), giving da(k) and that step's dL/dp, which the reverse loop sums
+# in its carry. A masked step's cotangent is zeroed before the VJP, so it
+# adds nothing to dL/dp (as in plain autodiff through the masked loop).
+# ---------------------------------------------------------------------------
+
+
+def _bind(phi, params):
+  """phi(., params) as a one-argument activation."""
+  return lambda a: phi(a, params)
+
+
+def _param_backward_step(phi, kernel_t, params, carry, g_k, a_k, v_k):
+  """One reverse step with activation params: ``((delta(k-1), dp), da(k))``."""
+  delta, dparams = carry
+  ct = delta + g_k
+  if v_k is not None:
+    ct = jnp.where(v_k, ct, jnp.zeros_like(ct))
+  da, dp = jax.vjp(phi, a_k, params)[1](ct)
+  dparams = jax.tree.map(jnp.add, dparams, dp)
+  if v_k is None:
+    return (_step_matmul(da, kernel_t), dparams), da
+  da = jnp.where(v_k, da, jnp.zeros_like(da))
+  return (jnp.where(v_k, _step_matmul(da, kernel_t), delta), dparams), da
+
+
+def _param_forward_with_residuals(loop, phi, unroll, kernel, z, bias, h0, mask, params):
+  h_last, (hs, pre) = loop(_bind(phi, params), unroll, kernel, z, bias, h0, mask,
+                           save_preactivations=True)
+  return (h_last, hs), (kernel, bias, h0, hs, pre, mask, params)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _param_recurrence(phi, unroll, kernel, z, bias, h0, valid, params):
+  return _forward_loop(_bind(phi, params), unroll, kernel, z, bias, h0, valid)
+
+
+_param_recurrence_fwd = functools.partial(_param_forward_with_residuals, _forward_loop)
+
+
+def _param_recurrence_bwd(phi, unroll, residuals, cotangents):
+  kernel, bias, h0, hs, pre, valid, params = residuals
+  g_last, g = cotangents
+  kernel_t = kernel.T
+
+  def step(carry, inputs):
+    return _param_backward_step(phi, kernel_t, params, carry, *inputs)
+
+  carry = (g_last, jax.tree.map(jnp.zeros_like, params))
+  (dh0, dparams), dz = lax.scan(step, carry, (g, pre, valid), reverse=True, unroll=unroll)
+  return (_kernel_gradient(kernel, h0, hs, dz, time_axis=0), dz,
+          _bias_gradient(bias, dz), dh0, None, dparams)
+
+
+_param_recurrence.defvjp(_param_recurrence_fwd, _param_recurrence_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _bm_param_recurrence(phi, unroll, kernel, z, bias, h0, lengths, params):
+  return _bm_forward_loop(_bind(phi, params), unroll, kernel, z, bias, h0, lengths)
+
+
+_bm_param_recurrence_fwd = functools.partial(_param_forward_with_residuals, _bm_forward_loop)
+
+
+def _bm_param_recurrence_bwd(phi, unroll, residuals, cotangents):
+  kernel, bias, h0, hs, pre, lengths, params = residuals
+  g_last, g = cotangents
+  kernel_t = kernel.T
+  steps = hs.shape[1]
+
+  def body(i, c):
+    delta, dparams, dz = c
+    k = steps - 1 - i
+    at_k = lambda a: lax.dynamic_index_in_dim(a, k, axis=1, keepdims=False)
+    v_k = None if lengths is None else (k < lengths)[:, None]
+    (delta, dparams), da = _param_backward_step(phi, kernel_t, params, (delta, dparams),
+                                                at_k(g), at_k(pre), v_k)
+    return delta, dparams, lax.dynamic_update_index_in_dim(dz, da.astype(dz.dtype), k, axis=1)
+
+  init = (g_last, jax.tree.map(jnp.zeros_like, params),
+          jnp.zeros(g.shape, jnp.result_type(g, hs)))
+  dh0, dparams, dz = lax.fori_loop(0, steps, body, init, unroll=unroll)
+  return (_kernel_gradient(kernel, h0, hs, dz, time_axis=1), dz,
+          _bias_gradient(bias, dz), dh0, None, dparams)
+
+
+_bm_param_recurrence.defvjp(_bm_param_recurrence_fwd, _bm_param_recurrence_bwd)
+
+
+def _check_activation_params(where, activation, activation_params):
+  if activation_params is not None and isinstance(activation, str):
+    raise ValueError(
+        f"{where}: activation_params need an activation phi(a, params); the named"
+        f" activation {activation!r} takes no parameters (pass a callable of two arguments)."
+    )
+
+
 def recurrence(
     kernel: Array,
     z: Array,
@@ -408,6 +522,7 @@ def recurrence(
     unroll: int = 1,
     custom_gradient: bool = True,
     batch_major: bool = False,
+    activation_params: Any = None,
 ) -> tuple[Array, Array]:
   """Runs h(k) = phi(h(k-1) @ kernel + z(k) [+ bias]) over a time-major sequence.
 
@@ -445,6 +560,13 @@ def recurrence(
       the loop reads and writes the step-k slab of batch-major buffers, so no
       time-major transposes are needed (what :class:`urnn_jax.Recurrent`
       uses); ``lengths`` must then have the batch shape.
+    activation_params: ``None`` (default), or a pytree ``p`` of parameters of
+      the activation, which is then called as ``activation(a, p)`` (so it
+      must be a callable of two arguments). ``p`` is differentiable: the
+      custom VJP's backward loop takes each step's VJP of the activation with
+      respect to ``(a(k), p)`` and sums the ``p`` parts over the steps; masked
+      steps add nothing. Its inexact leaves take part in the dtype promotion
+      of the states (as ``bias`` does); ``p`` itself is passed as given.
 
   Returns:
     ``(h_last, hs)``: the final state ``(*batch, n)`` (the state at step
@@ -452,6 +574,7 @@ def recurrence(
     (``(*batch, T, n)`` with ``batch_major``).
   """
   phi = get_activation(activation)
+  _check_activation_params("recurrence", activation, activation_params)
   kernel, z, h0 = jnp.asarray(kernel), jnp.asarray(z), jnp.asarray(h0)
   if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]:
     raise ValueError(
@@ -471,14 +594,18 @@ def recurrence(
           f"recurrence: bias must have shape ({kernel.shape[0]},) (the kernel's size),"
           f" got shape {bias.shape}."
       )
-  dtype = jnp.result_type(z, kernel, h0, *(() if bias is None else (bias,)))
+  promoted = (z, kernel, h0, *(() if bias is None else (bias,)))
+  if activation_params is not None:
+    promoted += tuple(p for p in jax.tree.leaves(activation_params)
+                      if jnp.issubdtype(jnp.result_type(p), jnp.inexact))
+  dtype = jnp.result_type(*promoted)
   kernel = kernel.astype(dtype)
   z = z.astype(dtype)
   if bias is not None:
     bias = bias.astype(dtype)
   if batch_major:
     return _batch_major_recurrence(phi, unroll, kernel, z, bias, h0, lengths, custom_gradient,
-                                   dtype)
+                                   dtype, activation_params)
   h0 = jnp.broadcast_to(h0, z.shape[1:]).astype(dtype)
 
   valid = None
@@ -489,12 +616,17 @@ def recurrence(
     pad = (1,) * max(z.ndim - 2 - lengths.ndim, 0)
     valid = valid.reshape(valid.shape[:1] + pad + valid.shape[1:] + (1,))
 
+  if activation_params is not None:
+    if not custom_gradient:
+      return _forward_loop(_bind(phi, activation_params), unroll, kernel, z, bias, h0, valid)
+    return _param_recurrence(phi, unroll, kernel, z, bias, h0, valid, activation_params)
   if not custom_gradient:
     return _forward_loop(phi, unroll, kernel, z, bias, h0, valid)
   return _recurrence(phi, unroll, kernel, z, bias, h0, valid)
 
 
-def _batch_major_recurrence(phi, unroll, kernel, z, bias, h0, lengths, custom_gradient, dtype):
+def _batch_major_recurrence(phi, unroll, kernel, z, bias, h0, lengths, custom_gradient, dtype,
+                            activation_params=None):
   """:func:`recurrence` with ``batch_major=True`` (batch axes flattened to one)."""
   batch, (steps, n) = z.shape[:-2], z.shape[-2:]
   flat = math.prod(batch)
@@ -510,7 +642,14 @@ def _batch_major_recurrence(phi, unroll, kernel, z, bias, h0, lengths, custom_gr
   z = z.reshape(flat, steps, n)
   if steps == 0:  # No step to run (the loop body could not even be traced).
     return h0.reshape(batch + (n,)), z.reshape(batch + (0, n))
-  if custom_gradient:
+  if activation_params is not None:
+    if custom_gradient:
+      h_last, hs = _bm_param_recurrence(phi, unroll, kernel, z, bias, h0, lengths,
+                                        activation_params)
+    else:
+      h_last, hs = _bm_forward_loop(_bind(phi, activation_params), unroll, kernel, z, bias, h0,
+                                    lengths)
+  elif custom_gradient:
     h_last, hs = _bm_recurrence(phi, unroll, kernel, z, bias, h0, lengths)
   else:
     h_last, hs = _bm_forward_loop(phi, unroll, kernel, z, bias, h0, lengths)
@@ -525,6 +664,7 @@ def simulate(
     unroll: int = 1,
     return_states: bool = False,
     custom_gradient: bool = True,
+    activation_params: Any = None,
 ):
   """The input-output map y = G(x, Theta) of eq. (1).
 
@@ -538,6 +678,8 @@ def simulate(
     custom_gradient: use the recurrence's custom VJP (fast reverse mode).
       Pass ``False`` for forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``),
       which a custom VJP does not support.
+    activation_params: parameters ``p`` of a parametrised activation, called
+      as ``activation(a, p)`` (see :func:`recurrence`); ``None`` by default.
 
   Returns:
     ``y`` with shape ``(T, p)`` or ``(*batch, T, p)``; with
@@ -551,6 +693,7 @@ def simulate(
   """
   check_params(params)
   phi = get_activation(activation)
+  _check_activation_params("simulate", activation, activation_params)
   x = jnp.asarray(x)
   n, m = params.F.shape[-2:]
   if x.ndim < 2:
@@ -574,7 +717,7 @@ def simulate(
   z = project_rows(x, params.F.T) if custom_gradient else x @ params.F.T
   _, hs = recurrence(
       params.W.T, z, params.h0, phi, bias=params.b, unroll=unroll,
-      custom_gradient=custom_gradient, batch_major=True,
+      custom_gradient=custom_gradient, batch_major=True, activation_params=activation_params,
   )  # (*batch, T, n)
   y = hs @ params.C.T
   return (y, hs) if return_states else y
