@@ -217,39 +217,22 @@ def task_loss(task: memory.MemoryTask, outputs, targets):
   return loss, {"loss": loss, "accuracy": jnp.mean(correct)}
 
 
-def head_loss_fn(task: memory.MemoryTask, params: PyTree, targets) -> Callable:
-  """The task loss as a function of the hidden states ``(B, T, n)`` (for diagnostics)."""
-  if task.kind == "seq_class":
-    dense = params["readout"]
-    out = lambda hs: hs @ dense["kernel"] + dense["bias"]
-  else:
-    dense = params["head"]
-    out = lambda hs: hs[..., -1, :] @ dense["kernel"] + dense["bias"]
-  return lambda hs: task_loss(task, out(hs), targets)[0]
+@functools.lru_cache(maxsize=None)
+def _model(config: Config, model: str) -> nn.Module:
+  return make_model(config, model, memory.get_task(config.task, **config.task_options()))
 
 
 @functools.lru_cache(maxsize=None)
 def _eq1_fn(config: Config, model: str):
-  cell = registry.make_cell(model, config.model_options())
-
-  def fn(cell_vars):
-    kernel = cell.apply(cell_vars, method=lambda m: m.transition_kernel())
-    p = cell_vars["params"]["input"]
-    n = kernel.shape[-1]
-    return RNNParams(W=kernel.T, F=p["kernel"].T, b=p["bias"], C=jnp.eye(n, dtype=kernel.dtype),
-                     h0=jnp.zeros((n,), kernel.dtype))
-
-  return jax.jit(fn)
+  module = _model(config, model)
+  return jax.jit(lambda variables: module.apply(variables, method=lambda m: m.rnn.rnn_params()))
 
 
 def eq1_params(config: Config, model: str, variables: PyTree) -> RNNParams:
-  """RNNParams (W, F, b) of an eq. (1) model's cell (C = I, h0 = 0)."""
+  """RNNParams (W, F, b) of an eq. (1) model's recurrent layer (C = I, h0 = 0), asked of the model."""
   if not registry.get(model).eq1:
     raise ValueError(f"eq1_params: model {model!r} is not an eq. (1) RNN.")
-  cell_vars = {"params": variables["params"]["rnn"]["cell"]}
-  if "constants" in variables:
-    cell_vars["constants"] = variables["constants"]["rnn"]["cell"]
-  return _eq1_fn(config, model)(cell_vars)
+  return _eq1_fn(config, model)(variables)
 
 
 # ----------------------------------------------------------------------------
@@ -426,11 +409,16 @@ def _score_str(task, entry) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _mean_gradient_norms_fn(task_name: str, options: tuple, activation: str):
-  """A jitted ``(theta, head_params, x, y) -> mean_b ||dL_b/dh(k)||``, shared by all calls alike."""
-  task = memory.get_task(task_name, **dict(options))
+  """A jitted ``(theta, variables, x, y) -> mean_b ||dL_b/dh(k)||``, shared by every model of a task.
 
-  def fn(theta, head_params, x, y):
-    loss = head_loss_fn(task, head_params, y)
+  The loss is the model's own read-out (``outputs_from_states``), which does
+  not depend on the cell, so one compiled function serves all models.
+  """
+  task = memory.get_task(task_name, **dict(options))
+  head = make_model(Config(task=task_name, activation=activation), "rnn", task)
+
+  def fn(theta, variables, x, y):
+    loss = lambda hs: task_loss(task, head.apply(variables, hs, method="outputs_from_states"), y)[0]
     # The loss is a batch mean; times the batch size each sequence gets its own gradient.
     b = x.shape[0]
     norms = diagnostics.hidden_gradient_norms(theta, x, lambda hs: b * loss(hs), activation)
@@ -442,10 +430,11 @@ def _mean_gradient_norms_fn(task_name: str, options: tuple, activation: str):
 def gradient_norms(config: Config, model: str, run: Run, params, task: memory.MemoryTask) -> np.ndarray:
   """Mean over a fixed batch of ``||dL/dh(k)||`` for every step k (per-sequence losses)."""
   x, y = task.sample(_keys(config.seed)[3], config.diagnostics_batch, config.length)
-  theta = eq1_params(config, model, {"params": params, **run.constants})
-  head = {k: params[k] for k in ("head", "readout") if k in params}
+  variables = {"params": params, **run.constants}
+  theta = eq1_params(config, model, variables)
+  head = {k: v for k, v in variables["params"].items() if k in ("head", "readout")}
   fn = _mean_gradient_norms_fn(task.name, tuple(sorted(task.options.items())), config.activation)
-  return np.asarray(fn(theta, head, x, y))
+  return np.asarray(fn(theta, {"params": head}, x, y))
 
 
 BOUND_SUMMARY_KEYS = (
