@@ -8,6 +8,7 @@ first mostly reuse them.
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -98,7 +99,7 @@ def test_end_to_end_writes_results_and_plot(first_run):
   assert abs(data["on_fraction_mean"] - 0.6) < 0.05
 
 
-def test_rerun_skips_finished_configurations(first_run):
+def test_rerun_skips_finished_configurations(first_run, tmp_path):
   workdir, _ = first_run
   path = os.path.join(workdir, "results", "rnn_h02.json")
   before = os.stat(path).st_mtime_ns
@@ -107,6 +108,12 @@ def test_rerun_skips_finished_configurations(first_run):
   assert sorted(out["skipped"]) == ["rnn_h02", "rnn_h03", "urnn_h02", "urnn_h03"]
   assert os.stat(path).st_mtime_ns == before
   assert len(out["rows"]) == 4
+  # A rerun with fewer models / sizes: the summary still covers every result in the workdir.
+  copy = str(tmp_path / "copy")
+  shutil.copytree(workdir, copy)
+  out = sid.run(dataclasses.replace(TINY, models=("rnn",), hidden=(2,)), copy, log=quiet)
+  assert len(out["rows"]) == 4
+  assert len(training.read_json(os.path.join(copy, "summary.json"))["rows"]) == 4
 
 
 def test_half_finished_configuration_resumes_from_checkpoint(first_run, resumed_run):
@@ -177,11 +184,13 @@ def test_diverged_realization_is_recorded_not_fatal(tmp_path):
   assert np.isnan(res["test_r2"][0]) and np.isfinite(res["test_r2"][1])
   rows = sid.summarize([res], 0.99)
   assert rows[0]["n_diverged"] == 1 and np.isfinite(rows[0]["median_r2"])
-  # When every realization diverges the run stops with DivergenceError.
+  # When every realization diverges the configuration is recorded as diverged (not raised).
   all_bad = data._replace(y_train=jnp.full_like(data.y_train, jnp.nan))
-  with pytest.raises(training.DivergenceError, match="every realization diverged") as e:
-    sid.train_configuration(config, "rnn", 2, all_bad, str(tmp_path / "all_bad"), log=quiet)
-  assert "the last at step 1" in str(e.value) and "No checkpoint had been written" in str(e.value)
+  res = sid.train_configuration(config, "rnn", 2, all_bad, str(tmp_path / "all_bad"), log=quiet)
+  assert "every realization diverged" in res["diverged"]
+  assert "the last at step 1" in res["diverged"] and "No checkpoint had been written" in res["diverged"]
+  assert res["n_diverged"] == config.realizations and all(np.isnan(res["test_r2"]))
+  assert np.isnan(sid.summarize([res], 0.99)[0]["median_r2"])
 
 
 def test_non_finite_optimizer_state_is_a_divergence():

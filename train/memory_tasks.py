@@ -29,7 +29,6 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from urnn_jax import config as config_lib
 from urnn_jax import training
@@ -48,22 +47,9 @@ def define_flags() -> None:
 FLAGS = flags.FLAGS
 
 
-def configs_from_flags() -> list[mt.Config]:
-  try:
-    configs = config_lib.configs_from_flags(mt.Config, FLAGS, sweep=SWEEP)
-    for config in configs:
-      config.validate()
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  return configs
-
-
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  configs = configs_from_flags()
+  config_lib.begin(argv)
+  configs = config_lib.binary_configs(mt.Config, FLAGS, sweep=SWEEP)
   for config in configs:
     try:
       out = mt.run_experiment(config, FLAGS.workdir)

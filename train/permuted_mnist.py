@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from urnn_jax import config as config_lib
 from urnn_jax import models as registry
@@ -58,23 +57,13 @@ def define_flags() -> None:
 FLAGS = flags.FLAGS
 
 
-def configs_from_flags() -> list[pm.Config]:
+def main(argv):
+  config_lib.begin(argv)
   try:
     registry.check_names(FLAGS.model, field="model")
-    configs = config_lib.configs_from_flags(pm.Config, FLAGS, sweep=SWEEP)
-    for config in configs:
-      config.validate()
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  return configs
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  configs = configs_from_flags()
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows them
+  configs = config_lib.binary_configs(pm.Config, FLAGS, sweep=SWEEP)
   try:
     data = pm.load_data(configs[0])
   except images.DatasetNotFoundError as e:
@@ -88,7 +77,7 @@ def main(argv):
   for config in configs:
     try:
       r = pm.train_and_evaluate(config, FLAGS.workdir, data)
-    except training.ConfigMismatchError as e:
+    except training.RunDirError as e:
       raise app.UsageError(str(e)) from None
     acc = "n/a" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.2f}%"
     print(

@@ -28,7 +28,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from urnn_jax import config as config_lib
 from urnn_jax import training
@@ -59,26 +58,19 @@ FLAGS = flags.FLAGS
 
 def config_from_flags() -> sid.Config:
   """The flags' configuration (``--paper``: :data:`sid.PAPER` and the flags given), validated."""
-  try:
-    (config,) = config_lib.configs_from_flags(sid.Config, FLAGS, base=sid.PAPER if FLAGS.paper else None,
-                                              only_present=FLAGS.paper)
-    config.validate()
-  except ValueError as e:  # config_lib.FlagError included
-    raise app.UsageError(str(e)) from None
+  (config,) = config_lib.binary_configs(sid.Config, FLAGS, base=sid.PAPER if FLAGS.paper else None,
+                                        only_present=FLAGS.paper)
   return config
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+  config_lib.begin(argv)
   config = config_from_flags()
   workdir = FLAGS.workdir or ("runs/system_id_paper" if FLAGS.paper else "runs/system_id")
   print(f"system_id: {config}\nworkdir: {workdir}", flush=True)
   try:
     out = sid.run(config, workdir, log=lambda s: print(s, flush=True), parallel=FLAGS.parallel)
-  except training.ConfigMismatchError as e:
+  except training.RunDirError as e:
     raise app.UsageError(str(e)) from None
   print()
   print(f"Test R^2 over {config.realizations} realizations ({config.inputs} inputs,"

@@ -169,3 +169,50 @@ def configs_from_flags(
   names = list(swept)
   return [dataclasses.replace(base, **dict(zip(names, combo)))
           for combo in itertools.product(*(swept[n] for n in names))]
+
+
+def check_ints(config, *, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
+  """The one validation helper for integer fields: ValueError naming the field and its value.
+
+  ``positive``: fields that must be ints >= 1; ``non_negative``: ints >= 0
+  (0 usually means "off"). Booleans are not ints here.
+
+    >>> import dataclasses
+    >>> @dataclasses.dataclass
+    ... class C:
+    ...   steps: int = 0
+    >>> check_ints(C(), positive=("steps",))
+    Traceback (most recent call last):
+    ...
+    ValueError: steps must be a positive int, got 0.
+  """
+  for names, low, what in ((positive, 1, "a positive int"), (non_negative, 0, "an int >= 0 (0: off)")):
+    for name in names:
+      v = getattr(config, name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"{name} must be {what}, got {v!r}.")
+
+
+def binary_configs(config_cls, flag_values: flags.FlagValues = flags.FLAGS, **kwargs) -> list:
+  """:func:`configs_from_flags`, each config ``validate()``-d; any ValueError (a
+  :class:`FlagError` included) becomes a one-line ``absl.app.UsageError``."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  try:
+    configs = configs_from_flags(config_cls, flag_values, **kwargs)
+    for c in configs:
+      c.validate()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  return configs
+
+
+def begin(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """A binary's common start: no positional arguments; orbax's INFO logs (every
+  save) off unless ``--verbosity`` is given."""
+  from absl import app, logging  # pylint: disable=g-import-not-at-top
+
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flag_values["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)

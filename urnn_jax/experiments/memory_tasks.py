@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from urnn_jax import config as config_lib
 from urnn_jax import diagnostics
 from urnn_jax import models as registry
 from urnn_jax import orthogonal
@@ -145,13 +146,9 @@ class Config:
     if self.task not in memory.TASKS:
       raise ValueError(f"task={self.task!r}; expected one of {sorted(memory.TASKS)}.")
     registry.check_names(self.models)
-    for name in ("length", "hidden", "batch_size", "steps", "eval_every", "eval_size", "eval_batch",
-                 "diagnostics_batch"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}.")
-    if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
-      raise ValueError(f"checkpoint_every must be an int >= 0 (0: at every evaluation), got {self.checkpoint_every!r}.")
+    config_lib.check_ints(self, positive=("length", "hidden", "batch_size", "steps", "eval_every", "eval_size",
+                                          "eval_batch", "diagnostics_batch"),
+                          non_negative=("checkpoint_every",))
     self.model_options().validate()  # activation, rnn_init, reproject_every
     # Validates optimizer, learning_rate, recurrent_learning_rate, grad_clip and lr_schedule.
     training.make_optimizer(self.optimizer, self.learning_rate, grad_clip=self.grad_clip,

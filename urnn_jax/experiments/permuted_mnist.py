@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from urnn_jax import config as config_lib
 from urnn_jax import models as registry
 from urnn_jax import training
 from urnn_jax.data import images
@@ -111,14 +112,9 @@ class Config:
     if self.source not in images.SOURCES:
       raise ValueError(f"source={self.source!r}; expected one of {images.SOURCES}.")
     registry.get(self.model)
-    for name in ("hidden", "batch_size", "epochs", "num_validation", "eval_batch", "unroll"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}.")
-    for name in ("patience", "train_subset", "eval_subset", "max_steps_per_epoch", "checkpoint_every"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"{name} must be an int >= 0 (0: off), got {v!r}.")
+    config_lib.check_ints(self, positive=("hidden", "batch_size", "epochs", "num_validation", "eval_batch", "unroll"),
+                          non_negative=("patience", "train_subset", "eval_subset", "max_steps_per_epoch",
+                                        "checkpoint_every"))
     if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
       raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}.")
     self.model_options().validate()  # hidden, activation, rnn_init, reproject_every, contraction

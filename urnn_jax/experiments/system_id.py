@@ -52,6 +52,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from urnn_jax import config as config_lib
 from urnn_jax import models as registry
 from urnn_jax import orthogonal
 from urnn_jax import training
@@ -133,11 +134,9 @@ class Config:
       raise ValueError(f"hidden={list(self.hidden)} must be positive ints.")
     if len(set(self.hidden)) != len(self.hidden):
       raise ValueError(f"hidden={list(self.hidden)} has duplicates.")
-    for name in ("realizations", "train_sequences", "test_sequences", "length", "epochs", "batch_size",
-                 "unroll", "eval_batch", "checkpoint_every"):
-      v, low = getattr(self, name), 0 if name == "checkpoint_every" else 1
-      if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        raise ValueError(f"{name} must be {'a positive int' if low else 'an int >= 0 (0: every epoch)'}, got {v!r}.")
+    config_lib.check_ints(self, positive=("realizations", "train_sequences", "test_sequences", "length", "epochs",
+                                          "batch_size", "unroll", "eval_batch"),
+                          non_negative=("checkpoint_every",))
     if self.batch_size > self.train_sequences:
       raise ValueError(f"batch_size={self.batch_size} is larger than train_sequences={self.train_sequences}.")
     # Validates optimizer, learning_rate, grad_clip and lr_schedule.
@@ -361,8 +360,9 @@ def train_configuration(config: Config, model_name: str, hidden: int, data: Data
   are done in total, after checkpointing, and returns None. ``progress``:
   the progress line to update (None: fit's own).
 
-  Raises:
-    training.DivergenceError: when every realization diverged.
+  When every realization diverges, the result says so (``diverged``: the
+  message; every test R^2 NaN) instead of raising, so a sweep finishes its
+  other configurations.
   """
   name = config_name(model_name, hidden)
   progs = config_programs(config, model_name, hidden, int(data.y_train.shape[-1]))
@@ -399,10 +399,11 @@ def train_configuration(config: Config, model_name: str, hidden: int, data: Data
       eval_every=spe, checkpoint_every=config.checkpoint_every, evaluate=None,
       params_of=lambda c: c.state.params, step_of=lambda c: c.state.step, check=all_dead,
       postfix=postfix, desc=name, log=log, progress=progress, stop_after=stop_after_steps)
-  if out.diverged is not None:
-    raise training.DivergenceError(f"{name}: {out.diverged['message']}")
   if out.interrupted:
     return None
+  # Every realization diverged: recorded as such (all R^2 NaN, the message kept), so the
+  # sweep goes on with the other configurations and a rerun does not repeat it.
+  diverged = None if out.diverged is None else f"{name}: {out.diverged['message']}"
 
   carry = out.state
   params = carry.state.params
@@ -426,7 +427,7 @@ def train_configuration(config: Config, model_name: str, hidden: int, data: Data
           "num_params": sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(params)),
           "test_r2": r2.tolist(), "median_r2": float(med), "q25_r2": float(q25), "q75_r2": float(q75),
           "n_diverged": int((~alive).sum()), "realizations": rows, "loss_history": hist.T.tolist(),
-          "steps": total, "resumed_from_step": out.resumed_from or 0,
+          "steps": int(carry.state.step), "diverged": diverged, "resumed_from_step": out.resumed_from or 0,
           "train_seconds": out.meta["train_seconds"],
           "first_chunk_seconds_incl_compile": first_chunk_s[0] if first_chunk_s else None,
           "settings": config.comparable()}
@@ -622,6 +623,8 @@ def run(config: Config, workdir: str, *, log: Callable[[str], None] = print,
     training.write_json(result_path(m, h), res)
     with lock:
       trained.append(config_name(m, h))
+      if res["diverged"]:
+        log(res["diverged"])
       log(f"{config_name(m, h)}: median test R^2 {res['median_r2']:.4f} (IQR"
           f" {res['q25_r2']:.4f}-{res['q75_r2']:.4f}), {res['n_diverged']} diverged,"
           f" {res['train_seconds']:.1f} s")
@@ -645,8 +648,10 @@ def run(config: Config, workdir: str, *, log: Callable[[str], None] = print,
         pool.shutdown(cancel_futures=True)
   progress.close()
 
-  results = [training.read_json(result_path(m, h)) for m in config.models for h in config.hidden
-             if os.path.exists(result_path(m, h))]
+  # Every configuration's result in the workdir (earlier runs of it with other --models or
+  # --hidden included: the settings that decide a result are checked by prepare_run_dir).
+  results = [training.read_json(os.path.join(results_dir, f)) for f in sorted(os.listdir(results_dir))
+             if f.endswith(".json")] if os.path.isdir(results_dir) else []
   rows = summarize(results, optimal)
   per_realization = [{"model": res["model"], "hidden": res["hidden"], **row}
                      for res in results for row in res["realizations"]]
