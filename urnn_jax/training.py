@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
@@ -385,6 +386,7 @@ class Progress:
     self.width = width
     self.postfix = ""
     self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+    self._lock = threading.Lock()
 
   def eta_seconds(self) -> float:
     done = self.n - self._start_n
@@ -408,15 +410,17 @@ class Progress:
     )
 
   def update(self, n: int = 1, *, postfix: str | None = None, force: bool = False):
-    self.n += n
-    if postfix is not None:
-      self.postfix = postfix
-    now = time.perf_counter()
-    if force or self.n >= self.total or now - self._last >= self.min_interval:
-      self._last = now
-      end = "\r" if self._tty and self.n < self.total else "\n"
-      self.stream.write(self.render() + end)
-      self.stream.flush()
+    """Adds ``n`` done items; safe to call from several threads (one line for all)."""
+    with self._lock:
+      self.n += n
+      if postfix is not None:
+        self.postfix = postfix
+      now = time.perf_counter()
+      if force or self.n >= self.total or now - self._last >= self.min_interval:
+        self._last = now
+        end = "\r" if self._tty and self.n < self.total else "\n"
+        self.stream.write(self.render() + end)
+        self.stream.flush()
 
   def close(self):
     if self._tty:
@@ -515,6 +519,21 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
   for r in rows:
     lines.append("| " + " | ".join(format_value(r.get(c)) for c in columns) + " |")
   return "\n".join(lines) + "\n"
+
+
+def write_tables(directory: str, stem: str, rows: Sequence[Mapping[str, Any]], *,
+                 columns: Sequence[str] | None = None, document: Any = None, text: str | None = None) -> str:
+  """An experiment's result files, atomically: ``stem.json``, ``stem.csv`` and ``stem.md``.
+
+  ``stem.json`` holds ``document`` (default: ``rows``), ``stem.csv`` the
+  rows (``columns`` first, when given), ``stem.md`` ``text`` (default: the
+  markdown table of ``rows`` over ``columns``). Returns the markdown.
+  """
+  write_json(os.path.join(directory, f"{stem}.json"), rows if document is None else document)
+  write_csv(os.path.join(directory, f"{stem}.csv"), rows, columns)
+  text = markdown_table(rows, columns) if text is None else text
+  atomic_write(os.path.join(directory, f"{stem}.md"), text if text.endswith("\n") else text + "\n")
+  return text
 
 
 def batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> np.ndarray:
@@ -769,6 +788,7 @@ def fit(
     compile=None,
     check=_first_divergence,
     postfix=None,
+    force_progress: bool = True,
     desc: str = "",
     log=print,
     progress=None,
@@ -814,6 +834,9 @@ def fit(
       or any non-finite value. Metrics reach the host only at evaluations
       and checkpoints, so the check costs no sync per step.
     postfix: ``(state, step, entry | None) -> str``, the progress line's tail.
+    force_progress: write a progress line at every evaluation, whatever the
+      line's ``min_interval`` (False: at most one per interval, for one line
+      shared by several loops).
     desc, log, progress, progress_stream: the progress line (a
       :class:`Progress` is made unless ``progress`` is given) and messages.
     stop_after: stop (as a kill would, after a checkpoint) once this many
@@ -967,7 +990,7 @@ def fit(
         diverged = divergence(step, "training state (the checkpoint was refused)")
         break
       if postfix is not None:
-        progress.update(0, postfix=postfix(state, step, entry), force=True)
+        progress.update(0, postfix=postfix(state, step, entry), force=force_progress)
       if es is not None and es.should_stop:
         stopped = True
         log(f"[{desc}] early stop at step {step}: no improvement in {monitor} for"

@@ -536,11 +536,7 @@ def run_experiment(config: Config, workdir: str, *, log=print, progress_stream=N
     if baseline["accuracy"] is not None:
       r["baseline_accuracy"] = baseline["accuracy"]
   results = {"config": dataclasses.asdict(config), "baseline": baseline, "results": rows}
-  training.write_json(os.path.join(run_dir, "results.json"), results)
-  training.write_csv(os.path.join(run_dir, "results.csv"), rows)
-  table = results_table(rows, task)
-  with open(os.path.join(run_dir, "results.md"), "w") as f:
-    f.write(table + "\n")
+  table = training.write_tables(run_dir, "results", rows, document=results, text=results_table(rows, task))
   plot_learning_curves(os.path.join(run_dir, "learning_curves.png"), task, config, histories, baseline)
   if grad:
     training.write_json(os.path.join(run_dir, "gradient_norms.json"), grad)

@@ -441,8 +441,6 @@ def write_summary(workdir: str) -> dict:
   rows = [summary_row(r) for r in runs]
   if not rows:
     return {"rows": [], "table": ""}
-  training.write_json(os.path.join(workdir, "summary.json"), rows)
-  training.write_csv(os.path.join(workdir, "summary.csv"), rows)
   table = training.markdown_table([_fmt_row(r) for r in rows], SUMMARY_COLUMNS)
   anchors = "\n".join(f"- {k}: {100 * v:.1f}%" for k, v in PUBLISHED.items())
   text = (
@@ -450,7 +448,7 @@ def write_summary(workdir: str) -> dict:
       + "\n\nPublished permuted-MNIST anchors (full MNIST, long training, large models; not"
       " comparable to CPU-budget runs):\n" + anchors + "\n"
   )
-  training.atomic_write(os.path.join(workdir, "summary.md"), text)
+  training.write_tables(workdir, "summary", rows, text=text)
   plot_comparison(os.path.join(workdir, "comparison.png"), runs)
   return {"rows": rows, "table": table, "text": text}
 

@@ -398,7 +398,7 @@ def train_configuration(config: Config, model_name: str, hidden: int, data: Data
       carry, advance, total_steps=total, checkpoint_dir=os.path.join(workdir, "checkpoints", name),
       eval_every=spe, checkpoint_every=config.checkpoint_every, evaluate=None,
       params_of=lambda c: c.state.params, step_of=lambda c: c.state.step, check=all_dead,
-      postfix=postfix, desc=name, log=log, progress=progress, stop_after=stop_after_steps)
+      postfix=postfix, force_progress=False, desc=name, log=log, progress=progress, stop_after=stop_after_steps)
   if out.interrupted:
     return None
   # Every realization diverged: recorded as such (all R^2 NaN, the message kept), so the
@@ -530,27 +530,6 @@ def plot(rows: Sequence[dict], optimal: float, path: str, *, title: str = "") ->
 # The whole sweep.
 
 
-class _SharedProgress:
-  """One throttled progress line for every configuration (threads).
-
-  :func:`urnn_jax.training.fit` reports a chunk's steps, then (at the
-  evaluation ending it, as every chunk here does) the line's tail; they are
-  shown together, at most every ``min_interval`` seconds, whatever
-  ``force`` says, so a log gets a line per 15 s, not one per epoch.
-  """
-
-  def __init__(self, progress: training.Progress):
-    self._progress, self._lock, self._steps = progress, threading.Lock(), 0
-
-  def update(self, n: int = 1, *, postfix: str | None = None, force: bool = False):
-    del force
-    with self._lock:
-      self._steps += n
-      if postfix is not None:
-        self._progress.update(self._steps, postfix=postfix)
-        self._steps = 0
-
-
 def _latest_step(directory: str) -> int:
   """The newest checkpointed step in ``directory`` (orbax step folders), or 0."""
   steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
@@ -611,12 +590,11 @@ def run(config: Config, workdir: str, *, log: Callable[[str], None] = print,
   tty = hasattr(stream, "isatty") and stream.isatty()
   progress = training.Progress(config.total_steps() * len(todo), "system_id", initial=initial, stream=stream,
                                min_interval=0.5 if tty else 15.0)  # Logs: a line per 15 s.
-  shared_progress = _SharedProgress(progress)
   lock = threading.Lock()
   trained = []
 
   def work(m: str, h: int) -> bool:
-    res = train_configuration(config, m, h, data, workdir, progress=shared_progress,
+    res = train_configuration(config, m, h, data, workdir, progress=progress,
                               stop_after_steps=stop_after_steps, log=log)
     if res is None:
       return False
@@ -658,16 +636,12 @@ def run(config: Config, workdir: str, *, log: Callable[[str], None] = print,
   if per_realization:
     training.write_csv(os.path.join(workdir, "results.csv"), per_realization)
   if rows:
-    training.write_json(os.path.join(workdir, "summary.json"), {
+    training.write_tables(workdir, "summary", rows, columns=SUMMARY_COLUMNS, document={
         "rows": rows, "optimal_r2": optimal, "data": {k: v for k, v in info.items() if k != "oracle_r2"},
         "settings": config.comparable(), "wall_seconds_this_run": time.perf_counter() - t0,
-    })
-    training.write_csv(os.path.join(workdir, "summary.csv"), rows, SUMMARY_COLUMNS)
-    table = training.markdown_table(rows, SUMMARY_COLUMNS)
-    training.atomic_write(os.path.join(workdir, "summary.md"), (
-        f"# System identification: test R^2 (median and IQR over {config.realizations}"
-        f" realizations)\n\n{config.inputs} inputs, SNR {config.snr_db} dB, optimal R^2"
-        f" {optimal:.4f}.\n\n{table}\n"))
+    }, text=(f"# System identification: test R^2 (median and IQR over {config.realizations}"
+             f" realizations)\n\n{config.inputs} inputs, SNR {config.snr_db} dB, optimal R^2"
+             f" {optimal:.4f}.\n\n{training.markdown_table(rows, SUMMARY_COLUMNS)}\n"))
     title = (f"{config.inputs} inputs, SNR {config.snr_db:g} dB, {config.realizations}"
              f" realizations, {config.train_sequences} train seqs, T={config.length},"
              f" {config.epochs} epochs")
