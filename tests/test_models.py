@@ -1,5 +1,10 @@
 """Tests for urnn_jax.models: the registry every binary builds its models from."""
 
+import json
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -90,3 +95,49 @@ def test_a_new_entry_is_one_line(monkeypatch):
   monkeypatch.setitem(models.MODELS, "abs_rnn", spec)
   assert models.check_names(["abs_rnn"]) == ("abs_rnn",)
   assert models.make_cell("abs_rnn", models.ModelOptions(hidden=3)).activation == "abs"
+
+
+# One entry, added the way a user would (before the binary defines its flags), runs in every
+# training binary: the binaries take their models from the registry, nothing else to edit.
+_REGISTER = (
+    "import sys, urnn_jax\n"
+    "from urnn_jax import models\n"
+    "models.MODELS['abs_rnn'] = models.ModelSpec(\n"
+    "    lambda o: urnn_jax.RNNCell(o.hidden, activation='abs'), None, True, False, 'abs RNN')\n"
+    "from absl import app\n"
+    "import importlib\n"
+    "binary = importlib.import_module(sys.argv[1])\n"
+    "binary.define_flags()\n"
+    "sys.argv = sys.argv[1:]\n"
+    "app.run(binary.main)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_idx(tmp_path_factory):
+  import sys as _sys
+  _sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from test_images import write_tiny_idx
+  d = tmp_path_factory.mktemp("idx")
+  write_tiny_idx(d, n_train=30, n_test=10)
+  return str(d)
+
+
+@pytest.mark.parametrize("binary,args,result", [
+    ("train.system_id", ["--models=abs_rnn", "--hidden=2", "--realizations=2", "--train_sequences=4",
+                         "--test_sequences=2", "--length=10", "--epochs=1", "--batch_size=2"],
+     "results/abs_rnn_h02.json"),
+    ("train.memory_tasks", ["--models=abs_rnn", "--task=first_term", "--length=4", "--hidden=4", "--steps=2",
+                            "--eval_every=2", "--eval_size=4", "--eval_batch=4", "--batch_size=4",
+                            "--nodiagnostics"], "first_term_L4/results.json"),
+    ("train.permuted_mnist", ["--model=abs_rnn", "--source=idx", "--hidden=4", "--batch_size=5", "--epochs=1",
+                              "--num_validation=5", "--max_steps_per_epoch=1", "--eval_batch=8"], "summary.json"),
+])
+def test_a_model_added_to_the_registry_runs_in_every_binary(tmp_path, tiny_idx, binary, args, result):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  extra = [f"--data_dir={tiny_idx}"] if binary == "train.permuted_mnist" else []
+  proc = subprocess.run([sys.executable, "-c", _REGISTER, binary, *args, *extra, f"--workdir={tmp_path}"],
+                        cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "abs_rnn" in json.dumps(json.load(open(tmp_path / result)))
