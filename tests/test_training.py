@@ -324,11 +324,9 @@ def test_collect_json(tmp_path):
 
 
 def _data_files(step_dir):
-  out = []
-  for root, _, files in os.walk(step_dir):
-    out += [os.path.join(root, f) for f in files if os.path.getsize(os.path.join(root, f)) > 64
-            and not f.startswith("_") and "meta" not in root.split(os.sep)[-1]]
-  return sorted(out, key=os.path.getsize)
+  """The orbax data files (under ``d/`` folders) of a step's state item."""
+  return sorted(os.path.join(root, f) for root, _, files in os.walk(step_dir)
+                if os.path.basename(root) == "d" for f in files)
 
 
 def _two_checkpoints(tmp_path):
@@ -344,15 +342,16 @@ def _two_checkpoints(tmp_path):
 def test_a_damaged_checkpoint_is_reported_and_the_previous_one_used(tmp_path, damage):
   state, ckpt = _two_checkpoints(tmp_path)
   step_dir = tmp_path / "c" / "2"
-  if damage == "flip":  # same size, 16 bytes changed in the middle of a data file
-    path = _data_files(step_dir / "state")[-1]
-    data = bytearray(open(path, "rb").read())
-    mid = len(data) // 2
-    data[mid:mid + 16] = bytes(255 - b for b in data[mid:mid + 16])
-    open(path, "wb").write(bytes(data))
+  # orbax (OCDBT) may keep a data file in more than one place and read only one: damage every one.
+  if damage == "flip":  # same size, 16 bytes changed at 8 places of each data file
+    for path in _data_files(step_dir / "state"):
+      data = bytearray(open(path, "rb").read())
+      for at in range(len(data) // 16, len(data) - 16, max(len(data) // 8, 16)):
+        data[at:at + 16] = bytes(255 - b for b in data[at:at + 16])
+      open(path, "wb").write(bytes(data))
   elif damage == "truncate":
-    path = _data_files(step_dir / "state")[-1]
-    open(path, "r+b").truncate(os.path.getsize(path) // 3)
+    for path in _data_files(step_dir / "state"):
+      open(path, "r+b").truncate(os.path.getsize(path) // 3)
   elif damage == "metadata":
     (step_dir / "state" / "_METADATA").write_text("{junk")
   else:

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
 import numpy as np
 import optax
 
@@ -179,8 +180,56 @@ def check_finite(values: Mapping[str, Any], *, where: str = "") -> None:
 
 def tree_is_finite(tree: PyTree) -> bool:
   """True when every leaf of ``tree`` is finite (host-side check)."""
-  leaves = jax.tree.leaves(tree)
+  leaves = jax.tree.leaves(to_host(tree))
   return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in leaves)
+
+
+def abstract_leaf(x, sharding=None):
+  """A ``jax.ShapeDtypeStruct`` of ``x`` (its dtype as ``jnp.asarray`` gives it), with ``sharding``."""
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x if sharding is None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  if sharding is None and isinstance(x, jax.Array):
+    sharding = x.sharding
+  dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+  # The dtype jnp.asarray would give (NumPy float64 is float32 without x64).
+  return jax.ShapeDtypeStruct(np.shape(x), jax.dtypes.canonicalize_dtype(dtype), sharding=sharding)
+
+
+def restore_target(target: PyTree) -> PyTree:
+  """The abstract restore target of ``target``: mesh-placed leaves keep their shardings.
+
+  A leaf that is a ``jax.ShapeDtypeStruct`` stays as it is; a jax.Array with
+  a ``NamedSharding`` (placed by :mod:`urnn_jax.parallel`, on any mesh, one device
+  included) becomes a ShapeDtypeStruct with that sharding, so orbax restores
+  it onto the current mesh whatever device count it was saved from; any
+  other leaf (a single-device array, NumPy, a Python scalar) gets no
+  sharding, so orbax restores it with the sharding it was saved with, as
+  ``Checkpoints.restore`` always did.
+  """
+  def one(x):
+    if isinstance(x, jax.Array) and not isinstance(x.sharding, NamedSharding):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype)
+    return abstract_leaf(x)  # ShapeDtypeStructs kept; other leaves have no sharding
+
+  return jax.tree.map(one, target)
+
+
+def to_host(tree: PyTree) -> PyTree:
+  """``tree``'s leaves as NumPy copies, gathering those spread over processes.
+
+  A leaf sharded over several processes' devices is gathered with
+  ``multihost_utils.process_allgather``, a collective: every process must
+  call ``to_host`` on the same tree. Replicated and process-local leaves are
+  copied without communication.
+  """
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.array(x)  # a copy: the device buffer may be donated later
+
+  return jax.tree.map(one, tree)
 
 
 def _step_items(directory: str, step: int) -> set[str]:
@@ -195,7 +244,7 @@ class CheckpointError(RuntimeError):
 def checksum(state: PyTree, meta: Any = None) -> str:
   """SHA-256 of the leaves of ``state`` (dtype, shape, bytes) and the JSON of ``meta``."""
   h = hashlib.sha256()
-  for leaf in jax.tree.leaves(state):
+  for leaf in jax.tree.leaves(to_host(state)):
     arr = np.asarray(leaf)
     h.update(f"{arr.dtype.str}{arr.shape}".encode())
     h.update(np.ascontiguousarray(arr).tobytes())
@@ -271,9 +320,7 @@ class Checkpoints:
     if not items:
       raise CheckpointError(f"{where}: the step folder is missing or empty.")
     name = "default" if "default" in items else "state"
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), target
-    )
+    abstract = restore_target(target)  # on a mesh: the target's (new) shardings
     args = {name: self._ocp.args.StandardRestore(abstract)}
     if "meta" in items:
       args["meta"] = self._ocp.args.JsonRestore()
@@ -981,7 +1028,7 @@ def fit(
           improved = es.update(len(history) - 1, entry[monitor])
           entry["best_so_far"] = es.best_epoch
           if improved:
-            best_params = jax.tree.map(np.array, params_of(state))  # a copy: state may be donated
+            best_params = to_host(params_of(state))  # a copy: state may be donated
             if best_ckpt is not None:
               best_ckpt.save(step, params_of(state))
       write_history()  # Best params, then the history that points at them, then the state.
