@@ -301,3 +301,33 @@ def test_cosine_run_with_a_recurrent_learning_rate_trains_and_resumes(tmp_path):
   resumed = mt.run_experiment(config, str(tmp_path / "a"), log=logs.append, progress_stream=io.StringIO())
   assert any("resumed from step 3" in line for line in logs)
   assert resumed["rows"][0]["eval_loss"] == straight["rows"][0]["eval_loss"]
+
+
+def test_data_parallel_over_two_devices_matches_one(tmp_path):
+  """The batch sharded over 2 forced CPU devices (parameters replicated): the same curve as one
+  device, to float32 rounding."""
+  config = tiny(task="first_term", length=4, models=("urnn_expm",), steps=2, eval_every=1, num_values=4,
+                diagnostics=False)
+  single = quiet(config, tmp_path / "one")
+  code = (
+      "import sys, io\n"
+      "sys.path.insert(0, 'tests')\n"
+      "from test_memory_tasks import tiny, quiet\n"
+      "import jax\n"
+      "from urnn_jax.experiments import memory_tasks as mt\n"
+      "config = tiny(task='first_term', length=4, models=('urnn_expm',), steps=2, eval_every=1, num_values=4,"
+      " diagnostics=False)\n"
+      "assert config.mesh().shape['data'] == 2\n"
+      "logs = []\n"
+      "mt.run_experiment(config, sys.argv[1], log=logs.append, progress_stream=io.StringIO())\n"
+      "print([l for l in logs if 'mesh' in l][0])\n"
+  )
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "two")], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "'data': 2" in proc.stdout
+  two = training.read_json(str(tmp_path / "two" / "first_term_L4" / "results.json"))["results"][0]
+  assert two["eval_loss"] == pytest.approx(single["rows"][0]["eval_loss"], rel=1e-5)
+  with pytest.raises(ValueError, match="devices=3; only 1 local devices exist"):
+    dataclasses.replace(config, devices=3).validate()

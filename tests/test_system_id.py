@@ -335,3 +335,32 @@ def test_binary_paper_flag_with_overrides(tmp_path):
                         ("--epochs=2", "different configuration (epochs: saved 1 vs now 2")):
     proc = subprocess.run(cmd + [flag], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_realizations_sharded_over_devices_give_the_same_results(first_run, tmp_path):
+  """2 forced CPU devices, one realization each (sharded jit): the same R^2 as one device, to
+  float32 rounding (another compiled program; bit-identical only on one device)."""
+  workdir, _ = first_run
+  code = (
+      "import dataclasses, sys\n"
+      "sys.path.insert(0, 'tests')\n"
+      "from test_system_id import TINY, quiet\n"
+      "from urnn_jax.experiments import system_id as sid\n"
+      "import jax\n"
+      "assert jax.local_device_count() == 2\n"
+      "assert TINY.mesh().shape['realizations'] == 2\n"
+      "try:\n"
+      "  dataclasses.replace(TINY, devices=3).validate()\n"
+      "except ValueError as e:\n"
+      "  print('ERROR', e)\n"
+      "sid.run(dataclasses.replace(TINY, models=('urnn',), hidden=(2,)), sys.argv[1], log=quiet)\n"
+  )
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "ERROR devices=3; only 2 local devices exist" in proc.stdout
+  sharded, single = load(str(tmp_path), "urnn_h02"), load(workdir, "urnn_h02")
+  np.testing.assert_allclose(sharded["test_r2"], single["test_r2"], rtol=1e-4)
+  np.testing.assert_allclose(sharded["loss_history"], single["loss_history"], rtol=1e-5)
+  assert training.read_json(os.path.join(str(tmp_path), "config.json"))["devices"] == 0

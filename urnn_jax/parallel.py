@@ -519,3 +519,25 @@ def abstract_like(tree: PyTree, shardings: Any = None) -> PyTree:
                      is_leaf=lambda s: isinstance(s, Sharding))
 
 
+
+
+def local_mesh(count: int, devices: int = 0, *, axis: str = DATA, name: str = "batch_size") -> Mesh:
+  """A one-axis mesh of this process's devices for sharding ``count`` items over ``axis``.
+
+  ``devices``: how many (0: the most local devices that divide ``count``,
+  so the default uses every device when it can). The binaries' ``--devices``.
+
+  Raises:
+    ValueError: more devices asked for than exist, or a ``count`` (named
+      ``name``) that ``devices`` does not divide.
+  """
+  local = jax.local_devices()
+  if isinstance(devices, bool) or not isinstance(devices, int) or devices < 0:
+    raise ValueError(f"devices={devices!r}; expected an int >= 0 (0: as many as divide {name}).")
+  n = devices or max(d for d in range(1, len(local) + 1) if count % d == 0)
+  if n > len(local):
+    raise ValueError(f"devices={n}; only {len(local)} local devices exist.")
+  mesh = make_mesh(data=n, devices=local[:n]) if axis == DATA else make_mesh(
+      data=1, realizations=n, devices=local[:n])
+  check_divides(name, count, mesh, axis)
+  return mesh

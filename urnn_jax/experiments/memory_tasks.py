@@ -42,6 +42,7 @@ from urnn_jax import config as config_lib
 from urnn_jax import diagnostics
 from urnn_jax import models as registry
 from urnn_jax import orthogonal
+from urnn_jax import parallel as mesh_lib
 from urnn_jax import training
 from urnn_jax.data import memory
 from urnn_jax.recurrent import LastStateClassifier, SequenceRegressor
@@ -55,7 +56,7 @@ PyTree = Any
 
 
 # Fields that may change when a run is resumed ("steps" is compared when the schedule spans it).
-RESUMABLE = ("models", "steps", "diagnostics")
+RESUMABLE = ("models", "steps", "diagnostics", "devices")
 
 # Recall (first_term, copy) needs only a linear recurrence: an orthogonal linear
 # RNN is the classic exact solution (Henaff et al. 2016), and it needs n >= T
@@ -111,6 +112,12 @@ class Config:
   k: int | None = _f(None, "kth_highest: k (default 3).")
   diagnostics_batch: int = _f(32, "Sequences averaged in the gradient norms.")
   diagnostics: bool = _f(True, "Gradient norms ||dL/dh(k)|| and the Jacobian bound check for the eq. (1) models.")
+  devices: int = _f(0, "Devices the batch is sharded over (data parallelism; the parameters are replicated);"
+                    " 0: the most local devices that divide --batch_size.")
+
+  def mesh(self):
+    """The data-parallel mesh: ``devices`` local devices (0: the most that divide ``batch_size``)."""
+    return mesh_lib.local_mesh(self.batch_size, self.devices, axis=mesh_lib.DATA, name="batch_size")
 
   def resolved(self) -> "Config":
     """This config with ``activation`` filled in from :data:`DEFAULT_ACTIVATION`."""
@@ -148,7 +155,8 @@ class Config:
     registry.check_names(self.models)
     config_lib.check_ints(self, positive=("length", "hidden", "batch_size", "steps", "eval_every", "eval_size",
                                           "eval_batch", "diagnostics_batch"),
-                          non_negative=("checkpoint_every",))
+                          non_negative=("checkpoint_every", "devices"))
+    self.mesh()  # devices: exist and divide the batch
     self.model_options().validate()  # activation, rnn_init, reproject_every
     # Validates optimizer, learning_rate, recurrent_learning_rate, grad_clip and lr_schedule.
     training.make_optimizer(self.optimizer, self.learning_rate, grad_clip=self.grad_clip,
@@ -260,7 +268,7 @@ def build(config: Config, model: str, task: memory.MemoryTask) -> Run:
   return Run(module, make_optimizer(config, model), variables, params)
 
 
-def make_steps(config: Config, task: memory.MemoryTask, run: Run):
+def make_steps(config: Config, task: memory.MemoryTask, run: Run, mesh=None):
   """Jittable ``train_step(state) -> (state, metrics)`` and ``eval_step(params, x, y)``.
 
   The train step is :func:`urnn_jax.training.make_train_step` on the batch
@@ -277,6 +285,8 @@ def make_steps(config: Config, task: memory.MemoryTask, run: Run):
 
   def train_step(state: training.TrainState):
     batch = task.sample(jax.random.fold_in(data_key, state.step), config.batch_size, config.length)
+    if mesh is not None and mesh.size > 1:  # the batch over the data axis; sharded jit does the rest
+      batch = jax.lax.with_sharding_constraint(batch, mesh_lib.batch_sharding(mesh))
     return step(state, batch)
 
   def eval_step(params, x, y):
@@ -308,16 +318,21 @@ def orthogonality(config: Config, model: str, run: Run, params) -> float | None:
 
 @functools.lru_cache(maxsize=4)
 def _prepare(config: Config, model: str):
-  """``(task, run, compiled)``; ``compiled()`` gives the AOT-compiled steps, the
+  """``(task, run, compiled, initial_state)``; ``compiled()`` gives the AOT-compiled steps, the
   evaluation chunks and the compile time, computed once per configuration
   (so a resumed run in the same process does not compile again)."""
   task = memory.get_task(config.task, **config.task_options())
   run = build(config, model, task)
+  mesh = config.mesh()
+
+  def initial_state():
+    state = training.create_train_state(run.init_params, run.tx)
+    return mesh_lib.replicate(mesh, state) if mesh.size > 1 else state
 
   @functools.cache
   def compiled():
-    train_step, eval_step = make_steps(config, task, run)
-    state = training.create_train_state(run.init_params, run.tx)
+    train_step, eval_step = make_steps(config, task, run, mesh)
+    state = initial_state()
     # Compile ahead of time, so the compile time is reported apart.
     t0 = time.perf_counter()
     step_fn = jax.jit(train_step).lower(state).compile()
@@ -325,7 +340,7 @@ def _prepare(config: Config, model: str):
     eval_fn = jax.jit(eval_step).lower(state.params, *chunks[0]).compile()
     return step_fn, eval_fn, chunks, time.perf_counter() - t0
 
-  return task, run, compiled
+  return task, run, compiled, initial_state
 
 
 def train_model(config: Config, model: str, workdir: str, *, log=print, progress_stream=None,
@@ -340,7 +355,7 @@ def train_model(config: Config, model: str, workdir: str, *, log=print, progress
   # through a schedule that spans them).
   key = dataclasses.replace(config, models=(), steps=config.steps if config.schedule_spans_steps() else 0,
                             diagnostics=True, eval_every=1, checkpoint_every=1)
-  task, run, compiled = _prepare(key, model)
+  task, run, compiled, initial_state = _prepare(key, model)
   model_dir = os.path.join(workdir, model)
 
   def advance(state, start, count):
@@ -353,7 +368,7 @@ def train_model(config: Config, model: str, workdir: str, *, log=print, progress
             "orthogonality_error": orthogonality(config, model, run, state.params)}
 
   out = training.fit(
-      training.create_train_state(run.init_params, run.tx),
+      initial_state(),
       advance,
       total_steps=config.steps,
       checkpoint_dir=os.path.join(model_dir, "checkpoints"),
@@ -508,6 +523,7 @@ def run_experiment(config: Config, workdir: str, *, log=print, progress_stream=N
   task = memory.get_task(config.task, **config.task_options())
   run_dir = os.path.join(workdir, config.run_name())
   training.prepare_run_dir(run_dir, config, resumable=config.resumable())
+  log(f"[{config.run_name()}] mesh: {mesh_lib.describe(config.mesh())}")
   baseline = task.baseline(config.length)
 
   rows, histories, grad, bounds = [], {}, {}, {}

@@ -42,6 +42,7 @@ import optax
 
 from urnn_jax import config as config_lib
 from urnn_jax import models as registry
+from urnn_jax import parallel as mesh_lib
 from urnn_jax import training
 from urnn_jax.data import images
 from urnn_jax.recurrent import LastStateClassifier
@@ -57,7 +58,7 @@ PUBLISHED = {
 }
 
 # Fields that may differ when a run is resumed.
-RESUMABLE = ("epochs", "patience", "data_dir", "source", "eval_batch")
+RESUMABLE = ("epochs", "patience", "data_dir", "source", "eval_batch", "devices")
 
 
 def _f(default, help_text, choices=None):
@@ -97,6 +98,12 @@ class Config:
   unroll: int = _f(1, "lax.scan unroll factor.")
   seed: int = _f(0, "Seed of the pixel permutation, validation split, init and batches.")
   permute: bool = _f(True, "Permute the pixels (--nopermute: sequential pixel MNIST).")
+  devices: int = _f(0, "Devices the batch is sharded over (data parallelism; the parameters are replicated);"
+                    " 0: the most local devices that divide --batch_size.")
+
+  def mesh(self):
+    """The data-parallel mesh: ``devices`` local devices (0: the most that divide ``batch_size``)."""
+    return mesh_lib.local_mesh(self.batch_size, self.devices, axis=mesh_lib.DATA, name="batch_size")
 
   def run_name(self) -> str:
     perm = "" if self.permute else "_sequential"
@@ -112,6 +119,7 @@ class Config:
     if self.source not in images.SOURCES:
       raise ValueError(f"source={self.source!r}; expected one of {images.SOURCES}.")
     registry.get(self.model)
+    self.mesh()  # devices: exist and divide the batch
     config_lib.check_ints(self, positive=("hidden", "batch_size", "epochs", "num_validation", "eval_batch", "unroll"),
                           non_negative=("patience", "train_subset", "eval_subset", "max_steps_per_epoch",
                                         "checkpoint_every"))
@@ -260,6 +268,12 @@ def train_and_evaluate(config: Config, workdir: str, data: images.SequenceSplits
   params0, constants = init_variables(config, model)
   state0 = training.create_train_state(params0, tx)
   abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params0)
+  mesh = config.mesh()
+  log(f"[{name}] mesh: {mesh_lib.describe(mesh)}")
+  sharded = mesh.size > 1  # data parallel: the state replicated, each batch over the data axis
+  if sharded:
+    state0 = mesh_lib.replicate(mesh, state0)
+    abstract_params = mesh_lib.abstract_like(params0, mesh_lib.replicated_sharding(mesh))
   eval_batch = min(config.eval_batch, max(len(data.valid_y), len(data.test_y)))
   valid = make_eval_set(data.valid_x, data.valid_y, eval_batch)
   test = make_eval_set(data.test_x, data.test_y, eval_batch)
@@ -278,7 +292,7 @@ def train_and_evaluate(config: Config, workdir: str, data: images.SequenceSplits
     eval_fn()
     batch = (np.zeros((config.batch_size, images.SEQUENCE_LENGTH), np.uint8), np.zeros((config.batch_size,), np.int32))
     step = jax.jit(training.make_train_step(make_loss_fn(model, constants), tx), donate_argnums=0)
-    fns["train"] = step.lower(state0, batch).compile()
+    fns["train"] = step.lower(state0, mesh_lib.shard_batch(mesh, batch) if sharded else batch).compile()
     epoch_batches(0)  # compiles the shuffle too
     return time.perf_counter() - t0
 
@@ -288,7 +302,8 @@ def train_and_evaluate(config: Config, workdir: str, data: images.SequenceSplits
 
   def batch_fn(step: int):
     b = epoch_batches(step // spe)[step % spe]
-    return data.train_x[b], data.train_y[b]
+    batch = data.train_x[b], data.train_y[b]
+    return mesh_lib.shard_batch(mesh, batch) if sharded else batch
 
   def evaluate_state(state) -> dict:
     val = evaluate(eval_fn(), state.params, valid)

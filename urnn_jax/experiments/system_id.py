@@ -55,6 +55,7 @@ from jax import lax
 from urnn_jax import config as config_lib
 from urnn_jax import models as registry
 from urnn_jax import orthogonal
+from urnn_jax import parallel as mesh_lib
 from urnn_jax import training
 from urnn_jax.data import synthetic
 from urnn_jax.recurrent import SequenceRegressor
@@ -68,7 +69,7 @@ MARKERS = {"rnn": "o", "urnn": "s", "contrnn": "^", "lstm": "D", "gru": "v"}
 _OTHER_STYLES = tuple(zip(("tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black", "gold"),
                           ("P", "X", "*", "h", "<", ">")))
 # Fields that may change when a work directory is reused.
-RESUMABLE = ("models", "hidden", "checkpoint_every", "unroll", "eval_batch")
+RESUMABLE = ("models", "hidden", "checkpoint_every", "unroll", "eval_batch", "devices")
 
 
 def _f(default, help_text, choices=None):
@@ -110,6 +111,8 @@ class Config:
   checkpoint_every: int = _f(200, "Checkpoint every this many steps (0: every epoch).")
   unroll: int = _f(1, "lax.scan unroll of the recurrences.")
   eval_batch: int = _f(100, "Test sequences per evaluation call.")
+  devices: int = _f(0, "Devices the realizations are sharded over (the mesh's realization axis; results do"
+                    " not depend on it); 0: the most local devices that divide --realizations.")
 
   def teacher_spec(self) -> synthetic.TeacherSpec:
     return synthetic.TeacherSpec(snr_db=self.snr_db, inputs=self.inputs, seq_len=self.length)
@@ -119,6 +122,10 @@ class Config:
 
   def total_steps(self) -> int:
     return self.epochs * self.steps_per_epoch()
+
+  def mesh(self):
+    """The realization mesh: ``devices`` local devices (0: the most that divide ``realizations``)."""
+    return mesh_lib.local_mesh(self.realizations, self.devices, axis=mesh_lib.REALIZATIONS, name="realizations")
 
   def derived(self) -> dict:
     return {"teacher": dataclasses.asdict(self.teacher_spec())}
@@ -136,7 +143,8 @@ class Config:
       raise ValueError(f"hidden={list(self.hidden)} has duplicates.")
     config_lib.check_ints(self, positive=("realizations", "train_sequences", "test_sequences", "length", "epochs",
                                           "batch_size", "unroll", "eval_batch"),
-                          non_negative=("checkpoint_every",))
+                          non_negative=("checkpoint_every", "devices"))
+    self.mesh()  # devices: exist and divide the realizations
     if self.batch_size > self.train_sequences:
       raise ValueError(f"batch_size={self.batch_size} is larger than train_sequences={self.train_sequences}.")
     # Validates optimizer, learning_rate, grad_clip and lr_schedule.
@@ -313,6 +321,10 @@ def config_programs(config: Config, model_name: str, hidden: int, output_size: i
                   steps_per_epoch=config.steps_per_epoch())
 
 
+# The realization axis of each part of the carry (the step count is shared).
+CARRY_AXES = Carry(state=training.TrainState(None, 0, 0), alive=0, diverged_step=0, loss_sum=0, loss_history=1)
+
+
 def init_carry(progs: Programs, config: Config, hidden: int, x_example) -> tuple[Carry, dict]:
   """Stacked initial state (realization r: ``fold_in(init_key, r)``) and the model's constants."""
   init_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 1), hidden)
@@ -352,13 +364,14 @@ def recurrent_kernel(model_name: str, hidden: int, params, constants) -> np.ndar
 
 def train_configuration(config: Config, model_name: str, hidden: int, data: Data, workdir: str, *,
                         progress=None, stop_after_steps: int | None = None,
-                        log: Callable[[str], None] = print) -> dict | None:
+                        log: Callable[[str], None] = print, mesh=None) -> dict | None:
   """Trains all realizations of (model, hidden) together with :func:`urnn_jax.training.fit`.
 
   Resumes from ``workdir/checkpoints/<model>_h<n>`` when a checkpoint is
   there. ``stop_after_steps`` stops (as if interrupted) once that many steps
   are done in total, after checkpointing, and returns None. ``progress``:
-  the progress line to update (None: fit's own).
+  the progress line to update (None: fit's own). ``mesh``: a realization
+  mesh (:meth:`Config.mesh`; ``data`` already placed on it); None: one device.
 
   When every realization diverges, the result says so (``diverged``: the
   message; every test R^2 NaN) instead of raising, so a sweep finishes its
@@ -367,6 +380,9 @@ def train_configuration(config: Config, model_name: str, hidden: int, data: Data
   name = config_name(model_name, hidden)
   progs = config_programs(config, model_name, hidden, int(data.y_train.shape[-1]))
   carry, constants = init_carry(progs, config, hidden, data.x_train[0, :1, :2])
+  if mesh is not None and mesh.size > 1:  # each device trains its realizations (sharded jit)
+    carry = mesh_lib.shard_realizations(mesh, carry, CARRY_AXES)
+    constants = mesh_lib.shard_realizations(mesh, constants)
   spe, total = config.steps_per_epoch(), config.total_steps()
   first_chunk_s = []
 
@@ -558,6 +574,8 @@ def run(config: Config, workdir: str, *, log: Callable[[str], None] = print,
                            filename="config.json", legacy_filenames=("settings.json",),
                            renamed={"seq_len": "length"})
   t0 = time.perf_counter()
+  mesh = config.mesh()
+  log(f"mesh: {mesh_lib.describe(mesh)}")
   results_dir = os.path.join(workdir, "results")
   result_path = lambda m, h: os.path.join(results_dir, config_name(m, h) + ".json")
   todo, done = [], []
@@ -573,6 +591,9 @@ def run(config: Config, workdir: str, *, log: Callable[[str], None] = print,
     data, info = make_data(config)
     info["data_seconds"] = time.perf_counter() - t0
     training.write_json(data_path, info)
+    if mesh.size > 1:
+      data = data._replace(**{k: mesh_lib.shard_realizations(mesh, getattr(data, k))
+                              for k in ("x_train", "y_train", "x_test", "y_test")})
   else:  # Nothing to train: the data's summary is all that is needed.
     data, info = None, training.read_json(data_path)
   log(
@@ -594,7 +615,7 @@ def run(config: Config, workdir: str, *, log: Callable[[str], None] = print,
   trained = []
 
   def work(m: str, h: int) -> bool:
-    res = train_configuration(config, m, h, data, workdir, progress=progress,
+    res = train_configuration(config, m, h, data, workdir, progress=progress, mesh=mesh,
                               stop_after_steps=stop_after_steps, log=log)
     if res is None:
       return False
