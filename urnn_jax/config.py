@@ -35,6 +35,14 @@ from absl import flags
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
 
 
+def field(default, help: str, choices=None):  # pylint: disable=redefined-builtin
+  """A config field with its flag's help text (and enum ``choices``): declared once."""
+  meta = {"help": help}
+  if choices is not None:
+    meta["choices"] = list(choices)
+  return dataclasses.field(default=default, metadata=meta)
+
+
 def _field_kind(field: dataclasses.Field) -> tuple[str, bool]:
   """``(kind, optional)``: kind is int/float/str/bool, or ``tuple[int]``/``tuple[str]``."""
   t = field.type

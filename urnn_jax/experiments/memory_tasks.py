@@ -65,11 +65,7 @@ RESUMABLE = ("models", "steps", "diagnostics", "devices")
 DEFAULT_ACTIVATION = {"first_term": "identity", "copy": "identity", "kth_highest": "relu", "adding": "relu"}
 
 
-def _f(default, help_text, choices=None):
-  meta = {"help": help_text}
-  if choices is not None:
-    meta["choices"] = choices
-  return dataclasses.field(default=default, metadata=meta)
+_f = config_lib.field
 
 
 @dataclasses.dataclass(frozen=True)

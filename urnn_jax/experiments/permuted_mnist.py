@@ -61,11 +61,7 @@ PUBLISHED = {
 RESUMABLE = ("epochs", "patience", "data_dir", "source", "eval_batch", "devices")
 
 
-def _f(default, help_text, choices=None):
-  meta = {"help": help_text}
-  if choices is not None:
-    meta["choices"] = list(choices)
-  return dataclasses.field(default=default, metadata=meta)
+_f = config_lib.field
 
 
 @dataclasses.dataclass(frozen=True)

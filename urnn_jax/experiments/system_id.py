@@ -72,8 +72,7 @@ _OTHER_STYLES = tuple(zip(("tab:pink", "tab:gray", "tab:olive", "tab:cyan", "bla
 RESUMABLE = ("models", "hidden", "checkpoint_every", "unroll", "eval_batch", "devices")
 
 
-def _f(default, help_text, choices=None):
-  return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+_f = config_lib.field
 
 
 @dataclasses.dataclass(frozen=True)
