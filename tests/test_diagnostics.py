@@ -168,3 +168,59 @@ def test_errors():
     diagnostics.hidden_gradient_norms(theta, jnp.ones((4, 3)), lambda hs: hs.sum())
   with pytest.raises(ValueError, match="one sequence"):
     diagnostics.step_jacobians(theta, jnp.ones((2, 4, 2)))
+
+
+def test_integer_params_and_inputs_are_promoted_to_float():
+  # Issue 22: perturbed_states ran in int32 arithmetic and wrapped around
+  # (F x = 2e10 came out as -1474836480); the gradient functions failed in
+  # jax.grad. Integer params and inputs are now promoted to float.
+  big = urnn_jax.RNNParams(jnp.zeros((2, 2), jnp.int32), jnp.full((2, 2), 100000, jnp.int32),
+                           jnp.zeros(2, jnp.int32), jnp.eye(2, dtype=jnp.int32), jnp.zeros(2, jnp.int32))
+  x = jnp.full((3, 2), 100000, jnp.int32)
+  h = diagnostics.perturbed_states(big, x, 0, "identity")
+  assert jnp.issubdtype(h.dtype, jnp.floating)
+  np.testing.assert_allclose(h, 2e10, rtol=1e-6)
+  theta = random_params(1, 3, 2, dtype=jnp.float32)
+  ints = theta._replace(W=jnp.round(3 * theta.W).astype(jnp.int32), F=jnp.round(theta.F).astype(jnp.int32))
+  floats = ints._replace(W=ints.W.astype(jnp.float32), F=ints.F.astype(jnp.float32))
+  xi = jnp.asarray([[1, 0], [0, 2], [1, 1]], jnp.int32)
+  loss = lambda hs: hs[-1].sum()
+  np.testing.assert_allclose(diagnostics.hidden_gradient_norms(ints, xi, loss, "tanh"),
+                             diagnostics.hidden_gradient_norms(floats, xi.astype(jnp.float32), loss, "tanh"))
+  for got, want in zip(diagnostics.step_jacobians(ints, xi, "tanh"),
+                       diagnostics.step_jacobians(floats, xi.astype(jnp.float32), "tanh")):
+    np.testing.assert_allclose(got, want)
+  assert diagnostics.jacobian_bound_check(ints, xi, "tanh") == diagnostics.jacobian_bound_check(
+      floats, xi.astype(jnp.float32), "tanh")
+
+
+def test_complex_params_and_inputs_are_rejected():
+  # Issue 22: jacobian_bound_check dropped the imaginary part of a complex W
+  # and perturbed_states ran a complex recurrence; eq. (1) is real here.
+  theta = random_params(2, 3, 2, dtype=jnp.float32)
+  complex_theta = theta._replace(W=theta.W.astype(jnp.complex64) * (1 + 0.5j))
+  x = jnp.ones((4, 2))
+  calls = [
+      lambda: diagnostics.jacobian_bound_check(complex_theta, x, "identity"),
+      lambda: diagnostics.hidden_gradients(complex_theta, x, lambda hs: hs.sum(), "identity"),
+      lambda: diagnostics.perturbed_states(theta, 1j * x, 0, "identity"),
+      lambda: diagnostics.perturbed_states(theta, x, 1j * jnp.ones((4, 3)), "identity"),
+      lambda: diagnostics.step_jacobians(theta, 1j * x, "identity"),
+  ]
+  for call in calls:
+    with pytest.raises(TypeError, match=r"complex dtype complex64; the diagnostics are for the real RNN.*OrthogonalRNNCell"):
+      call()
+
+
+def test_bad_sizes_raise():
+  # Issue 22: T = 0 gave an IndexError inside JAX, and perturbations of the
+  # wrong shape a broadcasting error from lax.
+  theta = random_params(3, 3, 2, dtype=jnp.float32)
+  with pytest.raises(ValueError, match=r"jacobian_bound_check: x must have at least one step, got shape \(0, 2\)"):
+    diagnostics.jacobian_bound_check(theta, jnp.ones((0, 2)))
+  with pytest.raises(ValueError, match=r"perturbations of shape \(4, 3\) do not broadcast to the states' shape \(3, 3\)"):
+    diagnostics.perturbed_states(theta, jnp.ones((3, 2)), jnp.ones((4, 3)))
+  with pytest.raises(ValueError, match=r"perturbations of shape \(2, 3, 3\) would enlarge"):
+    diagnostics.perturbed_states(theta, jnp.ones((3, 2)), jnp.ones((2, 3, 3)))
+  with pytest.raises(ValueError, match=r"rtol must be a finite number >= 0"):
+    diagnostics.jacobian_bound_check(theta, jnp.ones((3, 2)), rtol=-1.0)

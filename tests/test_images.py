@@ -181,6 +181,49 @@ def test_permuted_sequences(tmp_path):
     images.permuted_sequences(d, num_validation=12)
 
 
+def test_to_inputs_needs_uint8_pixels():
+  # Issue 22: int32 pixels above 255 became inputs above 1, float inputs
+  # already in [0, 1] were divided by 255 again, and complex ones lost their
+  # imaginary part; to_inputs takes the uint8 pixels of SequenceSplits only.
+  for bad in (np.full((2, 3), 1000, np.int32), np.full((2, 3), 0.5, np.float32), np.ones((2, 3)) * 1j):
+    with pytest.raises(TypeError, match=rf"to_inputs: x must be a uint8 array.*dtype {bad.dtype}"):
+      images.to_inputs(bad)
+  with pytest.raises(TypeError, match="uint8"):
+    images.to_inputs([[1, 2]])
+  np.testing.assert_array_equal(images.to_inputs(np.full((1, 2), 255, np.uint8)), np.ones((1, 2, 1), np.float32))
+
+
+def test_bad_seeds_lengths_and_counts_raise(tmp_path):
+  # Issue 22: pixel_permutation(0, -1) returned [], a float seed was
+  # truncated, and a negative subset size silently dropped examples.
+  value_errors = [
+      (lambda: images.pixel_permutation(0, -1), r"pixel_permutation: length must be >= 1, got length=-1"),
+      (lambda: images.pixel_permutation(0, 0), r"length must be >= 1, got length=0"),
+      (lambda: images.pixel_permutation(-1), r"pixel_permutation: seed must be >= 0, got seed=-1"),
+      (lambda: images.train_validation_split(10, 0, 0), r"num_validation must be in \(0, 10\)"),
+  ]
+  type_errors = [
+      (lambda: images.pixel_permutation(1.7), r"pixel_permutation: seed must be an int, got float: seed=1\.7"),
+      (lambda: images.pixel_permutation(0, True), r"length must be an int"),
+      (lambda: images.train_validation_split(10.5, 3, 0), r"num_train must be an int"),
+      (lambda: images.train_validation_split(10, 3, 1.5), r"seed must be an int"),
+  ]
+  write_tiny_idx(tmp_path, n_train=12, n_test=5)
+  d = images.load_images("mnist", source="idx", data_dir=tmp_path)
+  value_errors += [
+      (lambda: images.permuted_sequences(d, num_validation=4, train_subset=-3), r"train_subset must be >= 0"),
+      (lambda: images.permuted_sequences(d, num_validation=4, eval_subset=-1), r"eval_subset must be >= 0"),
+      (lambda: images.permuted_sequences(d, num_validation=0), r"num_validation must be >= 1"),
+  ]
+  type_errors += [(lambda: images.permuted_sequences(d, num_validation=2.5), r"num_validation must be an int")]
+  for call, match in value_errors:
+    with pytest.raises(ValueError, match=match):
+      call()
+  for call, match in type_errors:
+    with pytest.raises(TypeError, match=match):
+      call()
+
+
 @pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason="needs apt package dataset-fashion-mnist")
 def test_real_fashion_mnist_idx():
   d = images.load_images("fashion_mnist", source="idx")

@@ -132,3 +132,31 @@ def test_contractive_bad_eps_raises(eps):
 def test_real_only_initializers_reject_complex(factory):
   with pytest.raises(ValueError, match="complex64"):
     factory()(KEY, (4, 4), jnp.complex64)
+  # identity supports complex dtypes, but a complex scale with a real dtype
+  # would silently return a complex matrix.
+  with pytest.raises(TypeError, match=r"scale=1j is complex but dtype=float32"):
+    initializers.identity(1j)(KEY, (2, 2), jnp.float32)
+
+
+def test_integer_dtypes_raise():
+  # Issue 22: an integer dtype truncated rotations and contractions to 0 (and
+  # identity(0.5) ignored it); every initializer now names the dtype.
+  factories = [initializers.haar(), initializers.identity(0.5), initializers.henaff(),
+               initializers.cayley(), initializers.contractive()]
+  for init in factories:
+    for dtype in (jnp.int32, jnp.bool_):
+      with pytest.raises(TypeError, match=rf"dtype must be .*floating.*got dtype={jnp.dtype(dtype)}"):
+        init(KEY, (4, 4), dtype)
+
+
+def test_bad_shape_sizes_raise():
+  # Issue 22: negative sizes raised deep inside JAX, zero sizes returned an
+  # empty matrix and float sizes were truncated.
+  init = initializers.haar()
+  for shape in [(-3, -3), (0, 0), (-1, 2, 2), (0, 2, 2)]:
+    with pytest.raises(ValueError, match=r"initializers\.haar: every size in shape must be >= 1"):
+      init(KEY, shape)
+  with pytest.raises(TypeError, match=r"initializers\.henaff: shape must contain ints.*2\.5"):
+    initializers.henaff()(KEY, (2.5, 2.5))
+  with pytest.raises(TypeError, match=r"eps"):
+    initializers.contractive("0.1")

@@ -151,3 +151,36 @@ def test_errors():
     memory.kth_highest(key(), 2, 3, k=5)
   with pytest.raises(ValueError, match="length must be a positive int"):
     memory.first_term_recall(key(), 2, 0)
+
+
+def test_non_float_dtypes_raise():
+  # Issue 22: an integer or complex dtype for the adding problem failed inside
+  # jax.random.uniform.
+  for dtype in ("int32", "complex64", "bool"):
+    with pytest.raises(TypeError, match=rf"adding_problem: dtype must be a real floating dtype.*{dtype}"):
+      memory.adding_problem(key(), 2, 4, dtype=dtype)
+
+
+def test_bad_sizes_raise_when_the_task_is_built():
+  # Issue 22: get_task("first_term", num_values=0) was accepted until the
+  # first sample, and baselines of negative lengths gave negative losses.
+  bad_options = [
+      ("first_term", {"num_values": 0}, "num_values"),
+      ("first_term", {"num_values": -2}, "num_values"),
+      ("kth_highest", {"k": 0}, "k"),
+      ("kth_highest", {"num_values": 0}, "num_values"),
+      ("copy", {"num_symbols": 0}, "num_symbols"),
+      ("copy", {"num_categories": 2.5}, "num_categories"),
+  ]
+  for name, options, option in bad_options:
+    with pytest.raises(ValueError, match=rf"get_task\('{name}'\).*{option} must be a positive int"):
+      memory.get_task(name, **options)
+  for name in memory.TASKS:
+    with pytest.raises(ValueError, match="length must be a positive int, got -30"):
+      memory.memoryless_baseline(name, -30)
+    with pytest.raises(ValueError, match=r"num_steps: length must be a positive int, got 0"):
+      memory.get_task(name).num_steps(0)
+  with pytest.raises(ValueError, match="length must be >= 2"):
+    memory.memoryless_baseline("adding", 1)
+  with pytest.raises(ValueError, match="k=5 must be <= length=3"):
+    memory.kth_highest_distribution(3, k=5)

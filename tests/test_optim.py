@@ -456,3 +456,52 @@ def test_scale_recurrent_without_a_recurrent_leaf():
   tx = optim.scale_recurrent(0.5)
   with pytest.raises(ValueError, match="scale_recurrent: match=.* selects no leaf.*Leaf paths: \\['w'\\]"):
     tx.init({"w": jnp.ones((2, 2))})
+
+
+def test_integer_updates_raise():
+  # Issue 22: an int32 update on a float W came back truncated to int32
+  # (all zeros): u' = (W_new - W).astype(u.dtype).
+  w = _haar((3, 3))
+  u = jnp.ones((3, 3), jnp.int32)
+  for name, make in ALL_CONSTRAINTS.items():
+    tx = make()
+    with pytest.raises(TypeError, match=r"the update for params has dtype int32; expected a floating dtype"):
+      tx.update(u, tx.init(w), w)
+  tx = optim.orthogonal_projection()
+  with pytest.raises(TypeError, match=r"leaf params has dtype int32"):
+    tx.init(jnp.eye(3, dtype=jnp.int32))
+
+
+def test_update_and_parameter_must_agree_on_complex():
+  # Issue 22: a complex update of a real W (or a real update of a complex W)
+  # lost the imaginary part of W_new - W. Complex W with complex updates (the
+  # unitary group) stay supported.
+  w_real, w_complex = _haar((3, 3)), _haar((3, 3), jnp.complex64)
+  for name, make in ALL_CONSTRAINTS.items():
+    tx = make()
+    with pytest.raises(TypeError, match=r"has dtype complex64 but the parameter has dtype float32"):
+      tx.update(0.1j * jnp.ones((3, 3), jnp.complex64), tx.init(w_real), w_real)
+    with pytest.raises(TypeError, match=r"has dtype float32 but the parameter has dtype complex64"):
+      tx.update(0.1 * jnp.ones((3, 3)), tx.init(w_complex), w_complex)
+    u, _ = tx.update(0.01j * jnp.ones((3, 3), jnp.complex64), tx.init(w_complex), w_complex)
+    assert u.dtype == jnp.complex64
+    if name != "spectral_norm":
+      assert orthogonal.orthogonality_error(w_complex + u) < 1e-4
+
+
+def test_degenerate_projection_raises_eagerly_and_is_documented_under_jit():
+  # Issue 22: the Newton-Schulz projection of a singular W + u is not
+  # orthogonal. On concrete arrays it raises; under jit it cannot be checked.
+  w = _haar((3, 3))
+  u = -w  # W + u = 0
+  tx = optim.orthogonal_projection("newton_schulz")
+  with pytest.raises(ValueError, match=r"project: W is singular to working precision"):
+    tx.update(u, tx.init(w), w)
+  u_jit, _ = jax.jit(tx.update)(u, tx.init(w), w)
+  assert orthogonal.orthogonality_error(w + u_jit) > 1  # documented: not orthogonal
+  svd = optim.orthogonal_projection("svd")
+  u_svd, _ = svd.update(u, svd.init(w), w)
+  assert orthogonal.orthogonality_error(w + u_svd) < 1e-5
+  # numpy floats are numbers too
+  optim.spectral_norm_projection(np.float32(0.5))
+  optim.orthogonal_projection("newton_schulz", tol=np.float32(1e-3))

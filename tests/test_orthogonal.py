@@ -233,3 +233,51 @@ def test_bad_options_raise():
     orthogonal.project(w, "newton_schulz", max_iters=0)
   with pytest.raises(ValueError, match=r"max_value=-1"):
     orthogonal.clip_singular_values(w, -1.0)
+
+
+def test_integer_matrices_are_promoted_without_overflow():
+  # Issue 22: integer matrices are promoted before any product (an int32
+  # W^T W with entries 1e5 would wrap around).
+  w = jnp.asarray([[100000, 1], [2, 100000]], jnp.int32)
+  err = orthogonal.orthogonality_error(w)
+  assert jnp.issubdtype(err.dtype, jnp.floating)
+  np.testing.assert_allclose(err, np.linalg.norm(np.asarray(w, np.float64).T @ np.asarray(w, np.float64) - np.eye(2)),
+                             rtol=1e-6)
+  for method in METHODS:
+    p = orthogonal.project(w, method)
+    assert jnp.issubdtype(p.dtype, jnp.floating)
+    assert orthogonal.orthogonality_error(p) < 1e-5
+  c = orthogonal.cayley(jnp.asarray([[0, 1], [-1, 0]], jnp.int32))
+  np.testing.assert_allclose(c, [[0.6, 0.8], [-0.8, 0.6]], atol=1e-6)
+
+
+def test_complex_matrices_work_but_complex_options_raise():
+  # Complex matrices are the unitary group (supported); tol and max_value
+  # are real numbers, and a complex one is a TypeError naming it.
+  w = jnp.asarray(_randn(20, (4, 4), complex_=True), jnp.complex64)
+  assert orthogonal.orthogonality_error(orthogonal.project(w)) < 1e-5
+  with pytest.raises(TypeError, match=r"project: tol must be a real number.*1j"):
+    orthogonal.project(w, "newton_schulz", tol=1j)
+  with pytest.raises(TypeError, match=r"clip_singular_values: max_value must be a real number.*1j"):
+    orthogonal.clip_singular_values(w, 1j)
+
+
+def test_degenerate_inputs_raise_when_concrete_and_are_documented_under_jit():
+  # Issue 22: project(zeros, "newton_schulz") returned the zero matrix and
+  # cayley(2 I) NaN, silently.
+  zeros, rank1 = jnp.zeros((3, 3)), jnp.ones((2, 3, 3))
+  for method in ("newton_schulz", "qdwh"):
+    with pytest.raises(ValueError, match=r"project: W is singular to working precision.*method='svd'"):
+      orthogonal.project(zeros, method)
+    with pytest.raises(ValueError, match=r"singular.*\(matrix \(0,\) of the batch\)"):
+      orthogonal.project(rank1, method)
+  # svd returns one of the (non-unique) orthogonal polar factors.
+  assert orthogonal.orthogonality_error(orthogonal.project(zeros, "svd")) < 1e-6
+  for a in (2.0 * jnp.eye(3), jnp.asarray([[2.0, 5.0], [0.0, 1.0]])):
+    with pytest.raises(ValueError, match=r"cayley: I - A/2 is singular"):
+      orthogonal.cayley(a)
+  # Traced values cannot be checked: the documented results under jit.
+  assert orthogonal.orthogonality_error(jax.jit(lambda m: orthogonal.project(m, "newton_schulz"))(zeros)) > 1
+  assert not np.all(np.isfinite(jax.jit(orthogonal.cayley)(2.0 * jnp.eye(3))))
+  # Skew-symmetric generators are never degenerate.
+  assert orthogonal.orthogonality_error(orthogonal.cayley(jnp.asarray([[0.0, 1e3], [-1e3, 0.0]]))) < 1e-4

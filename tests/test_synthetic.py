@@ -147,3 +147,70 @@ def test_spec_validation():
     synthetic.TeacherSpec(on_target=1.0)
   with pytest.raises(ValueError, match="kind"):
     synthetic.sample_inputs(jax.random.key(0), 1, 2, 2, "uniform")
+
+
+def test_integer_arrays_are_promoted_to_float():
+  # Issue 22: E[y^2] of int32 outputs of 1e5 wrapped around (noise std 3755
+  # instead of 1e4), and an integer teacher ran in integer arithmetic.
+  y = jnp.full((4, 2), 100000, jnp.int32)
+  np.testing.assert_allclose(synthetic.noise_std_for_snr(y, 20.0, "mean_square"), [1e4, 1e4], rtol=1e-6)
+  noisy = y + jnp.asarray([[1, 2], [3, 4], [5, 6], [7, 9]], jnp.int32)
+  np.testing.assert_allclose(synthetic.measured_snr_db(y, noisy, "mean_square"),
+                             synthetic.measured_snr_db(y.astype(jnp.float32), noisy.astype(jnp.float32),
+                                                       "mean_square"))
+  yt = jnp.asarray(np.arange(12).reshape(6, 2) * 100000, jnp.int32)
+  np.testing.assert_allclose(synthetic.r2_score(yt, 2 * yt), synthetic.r2_score(yt * 1.0, 2.0 * yt))
+  teacher = urnn_jax.RNNParams(jnp.zeros((2, 2), jnp.int32), jnp.asarray([[1, 0], [0, -1]], jnp.int32),
+                               jnp.zeros(2, jnp.int32), jnp.eye(2, dtype=jnp.int32), jnp.zeros(2, jnp.int32))
+  x = jnp.asarray([[[100000, 100000], [1, 2], [-3, -5]]], jnp.int32)
+  np.testing.assert_allclose(synthetic.on_fraction(teacher, x), [2 / 3, 1 / 3])
+  b, _ = synthetic.calibrate_bias(teacher, x * 1.0, iters=3)
+  assert jnp.issubdtype(b.b.dtype, jnp.floating)
+
+
+def test_complex_arrays_are_rejected():
+  # Issue 22: r2_score of complex data returned a complex "R^2".
+  z = 1j * jnp.ones((4, 2))
+  for call in (lambda: synthetic.r2_score(z, z),
+               lambda: synthetic.noise_std_for_snr(z, 20.0),
+               lambda: synthetic.measured_snr_db(z, z),
+               lambda: synthetic.on_fraction(synthetic.sample_teacher(jax.random.key(0)), z[None])):
+    with pytest.raises(TypeError, match=r"complex dtype complex64; the synthetic data are real"):
+      call()
+
+
+def test_bad_counts_shapes_and_options_raise():
+  # Issue 22: a negative count raised deep inside JAX, num_train=-5 silently
+  # split the data wrong, mismatched shapes broadcast in r2_score, and an
+  # unknown power fell back to "mean_square".
+  key = jax.random.key(0)
+  spec = synthetic.TeacherSpec(seq_len=5, calibration_iters=1)
+  value_errors = [
+      (lambda: synthetic.sample_inputs(key, -1, 10, 2), r"sample_inputs: num_sequences must be >= 1"),
+      (lambda: synthetic.sample_inputs(key, 2, 0, 2), r"seq_len must be >= 1, got seq_len=0"),
+      (lambda: synthetic.sample_inputs(key, 2, 3, 2, "sparse", sparsity=1.5), r"sparsity must be in \(0, 1\]"),
+      (lambda: synthetic.make_realization(key, spec, -5, 10), r"make_realization: num_train must be >= 1"),
+      (lambda: synthetic.make_realizations(key, spec, 0, 2, 2), r"num_realizations must be >= 1"),
+      (lambda: synthetic.r2_score(jnp.ones((4, 2)), jnp.ones((1, 2))),
+       r"r2_score: y_true and y_pred must have the same shape.*\(4, 2\) and \(1, 2\)"),
+      (lambda: synthetic.measured_snr_db(jnp.ones((4, 2)), jnp.ones((4, 1))), r"same shape"),
+      (lambda: synthetic.noise_std_for_snr(jnp.ones((4, 2)), 20.0, "varaince"), r"power='varaince'; expected one of"),
+      (lambda: synthetic.calibrate_bias(synthetic.sample_teacher(key), jnp.ones((1, 3, 2)), iters=-1),
+       r"calibrate_bias: iters must be >= 1"),
+      (lambda: synthetic.calibrate_bias(synthetic.sample_teacher(key), jnp.ones((1, 3, 2)), target=1.5),
+       r"target must be in \(0, 1\)"),
+      (lambda: synthetic.on_fraction(synthetic.sample_teacher(key), jnp.ones((1, 3, 5))),
+       r"on_fraction: x must have shape \(\.\.\., T, 2\)"),
+      (lambda: synthetic.TeacherSpec(hidden_size=True), r"hidden_size must be a positive int, got True"),
+  ]
+  for call, match in value_errors:
+    with pytest.raises(ValueError, match=match):
+      call()
+  for call, match in [
+      (lambda: synthetic.sample_inputs(key, 2.5, 10, 2), r"num_sequences must be an int, got float"),
+      (lambda: synthetic.make_realizations(key, spec, 2.5, 2, 2), r"num_realizations must be an int"),
+      (lambda: synthetic.make_realization(key, "spec", 2, 2), r"spec must be a TeacherSpec"),
+      (lambda: synthetic.TeacherSpec(eps="0.1"), r"TeacherSpec: eps must be a real number"),
+  ]:
+    with pytest.raises(TypeError, match=match):
+      call()

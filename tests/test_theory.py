@@ -380,3 +380,106 @@ def test_sigmoid_dilation_error_falls_like_exp_minus_b_but_is_never_zero(x64):
   with pytest.raises(ValueError, match="garbage_bias"):
     theory.unitary_dilation(params, -1.0)
 
+
+
+def _int_rnn():
+  """An integer-valued (int32) RNN; W = 0, the only contractive integer W."""
+  rng = np.random.default_rng(5)
+  F, C = np.round(3 * rng.standard_normal((3, 2))), np.round(3 * rng.standard_normal((2, 3)))
+  b = np.round(rng.standard_normal(3))
+  return RNNParams(*(jnp.asarray(v, jnp.int32) for v in (np.zeros((3, 3)), F, b, C, np.zeros(3))))
+
+
+def test_integer_params_and_inputs_are_promoted_to_float():
+  # Issue 22: integer RNNParams came back as integer arrays (the 2n-state W_u
+  # truncated to 0/1) and simulations ran in int32 arithmetic, wrapping around.
+  p = _int_rnn()
+  pf = p._replace(**{k: v.astype(jnp.float32) for k, v in p._asdict().items()})
+  for fn in (lambda q: theory.unitary_equivalent(q, 1.0),
+             lambda q: theory.unitary_dilation(q, 2.0),
+             lambda q: theory.similarity_transform(q, 2.0 * np.eye(3), "relu")):
+    got, want = fn(p), fn(pf)
+    for g, w in zip(got, want):
+      assert jnp.issubdtype(g.dtype, jnp.floating)
+      np.testing.assert_allclose(g, w, rtol=1e-6)
+  assert _orth_err(theory.unitary_equivalent(p, 1.0).W) < 1e-5
+  lin = theory.linearize(p, np.zeros(2, np.int32), "sigmoid")
+  np.testing.assert_allclose(lin.jacobian, theory.linearize(pf, np.zeros(2), "sigmoid").jacobian, rtol=1e-6)
+  # int32 x and F with entries 1e5: the outputs reach 4e15, far beyond int32.
+  big = RNNParams(jnp.zeros((2, 2), jnp.int32), jnp.full((2, 2), 100000, jnp.int32),
+                  jnp.zeros(2, jnp.int32), jnp.full((2, 2), 100000, jnp.int32), jnp.zeros(2, jnp.int32))
+  x = jnp.full((1, 3, 2), 100000, jnp.int32)
+  diff = theory.equivalent(big, big._replace(C=0 * big.C), x, "identity")
+  np.testing.assert_allclose(diff, 4e15, rtol=1e-6)
+
+
+def test_complex_inputs_are_rejected():
+  # Issue 22: unitary_equivalent (and the other constructions) dropped the
+  # imaginary part of a complex W with only a NumPy warning.
+  p = _random_rnn(80, 2, 1, 1)
+  cp = p._replace(W=p.W.astype(jnp.complex64) * (1 + 0.5j))
+  hint = r"complex dtype.*real RNN of eq\. \(1\).*OrthogonalRNNCell"
+  calls = [
+      lambda: theory.unitary_equivalent(cp, 1.0),
+      lambda: theory.unitary_dilation(cp, 1.0),
+      lambda: theory.state_bound(cp, 1.0),
+      lambda: theory.similarity_transform(p, np.eye(2) * (1 + 1j), "identity"),
+      lambda: theory.equivalent(cp, cp, jnp.ones((3, 1))),
+      lambda: theory.equivalent(p, p, 1j * jnp.ones((3, 1))),
+      lambda: theory.check_input_bound(1j * jnp.ones((3, 1)), 1.0),
+      lambda: theory.linearize(cp, np.zeros(1)),
+      lambda: theory.linearize(p, 1j * np.ones(1)),
+      lambda: theory.small_signal_response(p, np.zeros(1), direction=1j * np.ones(1)),
+      lambda: theory.response_eigenvalues(np.exp((0.5j - 0.1) * np.arange(20))[:, None], 1),
+      lambda: theory.channel_rnn([0.5 + 0.5j]),
+      lambda: theory.near_equivalent_channel_urnn([0.5 + 0.1j], 0.5),
+  ]
+  for call in calls:
+    with pytest.raises(TypeError, match=hint):
+      call()
+  for call in (lambda: theory.bounded_inputs(jax.random.key(0), (3, 2), dtype=jnp.complex64),
+               lambda: theory.random_contractive_rnn(jax.random.key(0), 2, 1, 1, dtype=jnp.complex64),
+               lambda: theory.channel_rnn([0.5], dtype=jnp.complex64)):
+    with pytest.raises(TypeError, match=r"dtype=complex64 is complex"):
+      call()
+  with pytest.raises(TypeError, match=r"input_bound must be a real number"):
+    theory.state_bound(p, np.complex128(1.0))
+  # The generic helpers compute the complex answer instead.
+  assert theory.spectral_norm(np.array([[0, 2j], [0, 0]])) == pytest.approx(2.0)
+  assert theory.decay_rate(0.5 ** np.arange(20) * np.exp(1j * np.arange(20))) == pytest.approx(0.5)
+
+
+def test_bad_sizes_counts_and_dtypes_raise():
+  # Issue 22: negative or float sizes raised deep inside JAX or were truncated,
+  # steps=0 / delta=0 gave an IndexError / NaN, integer dtypes a JAX error.
+  key = jax.random.key(0)
+  p = _random_rnn(81, 2, 1, 1)
+  value_errors = [
+      (lambda: theory.bounded_inputs(key, (-1, 2)), r"bounded_inputs: shape\[0\] must be >= 1"),
+      (lambda: theory.random_contractive_rnn(key, 0, 1, 1), r"random_contractive_rnn: n must be >= 1"),
+      (lambda: theory.random_contractive_rnn(key, 2, -1, 1), r"m must be >= 0"),
+      (lambda: theory.small_signal_response(p, np.zeros(1), steps=0), r"steps must be >= 1, got steps=0"),
+      (lambda: theory.small_signal_response(p, np.zeros(1), delta=0.0), r"delta must be a finite number > 0"),
+      (lambda: theory.small_signal_response(p, np.zeros(1), direction=np.ones(3)),
+       r"direction must have shape \(m,\) = \(1,\)"),
+      (lambda: theory.linearize(p, np.zeros(1), max_iter=0), r"max_iter must be >= 1"),
+      (lambda: theory.response_eigenvalues(np.zeros((0, 1)), 1), r"at least one step"),
+      (lambda: theory.response_eigenvalues(0.5 ** np.arange(20)[:, None], 0), r"order must be >= 1"),
+      (lambda: theory.spectral_norm(np.ones((2, 2, 2))), r"spectral_norm: w must be a matrix"),
+  ]
+  for call, match in value_errors:
+    with pytest.raises(ValueError, match=match):
+      call()
+  type_errors = [
+      (lambda: theory.bounded_inputs(key, (2.5, 2)), r"shape\[0\] must be an int.*2\.5"),
+      (lambda: theory.random_contractive_rnn(key, 2, 2.5, 1), r"m must be an int.*2\.5"),
+      (lambda: theory.linearize(p, np.zeros(1), max_iter=2.5), r"max_iter must be an int"),
+      (lambda: theory.response_eigenvalues(0.5 ** np.arange(20)[:, None], 1.5), r"order must be an int"),
+      (lambda: theory.bounded_inputs(key, (3, 2), dtype=jnp.int32), r"dtype must be a real floating dtype"),
+      (lambda: theory.random_contractive_rnn(key, 2, 1, 1, dtype=jnp.int32), r"dtype=int32"),
+      (lambda: theory.channel_rnn([0.5], dtype=jnp.int32), r"channel_rnn: dtype must be a real floating"),
+  ]
+  for call, match in type_errors:
+    with pytest.raises(TypeError, match=match):
+      call()
+  assert np.isnan(theory.decay_rate(np.zeros((0, 2))))

@@ -22,6 +22,14 @@ non-normal W can have ``||W||_2`` far above ``max |lambda|``).
 evaluated on states ``h(k) = phi(...) + e(k)`` with zero perturbations
 ``e(k)``, and the gradient is taken with respect to ``e`` (the total
 derivative through all later steps).
+
+Input checks: these diagnostics are for the real RNN of eq. (1). Complex
+parameters or inputs raise TypeError (complex, unitary recurrences are
+supported by the Flax cells, e.g. ``urnn_jax.OrthogonalRNNCell(n,
+param_dtype=jnp.complex64)``); integer or boolean parameters and inputs are
+promoted to JAX's default float dtype (never integer arithmetic, which would
+wrap around). The checks look at shapes and dtypes only, so they cost
+nothing under ``jit``.
 """
 
 from __future__ import annotations
@@ -39,15 +47,43 @@ from urnn_jax.rnn import Activation, RNNParams, check_params, get_activation
 Array = jax.Array
 
 
-def _check_inputs(fn: str, params: RNNParams, x) -> Array:
+_COMPLEX_HINT = (
+    "the diagnostics are for the real RNN of eq. (1); complex (unitary)"
+    " recurrences are supported by the Flax cells, e.g."
+    " urnn_jax.OrthogonalRNNCell(n, param_dtype=jnp.complex64)"
+)
+
+
+def _real(fn: str, name: str, value, *, promote: bool = True):
+  """``value`` checked to be real: complex raises TypeError; integer or boolean
+  values become the default float dtype when ``promote`` (else are kept).
+  Real floating values are returned unchanged (same object)."""
+  dtype = getattr(value, "dtype", None)
+  if dtype is None:
+    value = jnp.asarray(value)
+    dtype = value.dtype
+  dtype = jnp.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.complexfloating):
+    raise TypeError(f"{fn}: {name} has complex dtype {dtype}; {_COMPLEX_HINT}.")
+  if not jnp.issubdtype(dtype, jnp.inexact):
+    if not (jnp.issubdtype(dtype, jnp.number) or dtype == jnp.bool_):
+      raise TypeError(f"{fn}: {name} must be numeric, got dtype {dtype}.")
+    if promote:
+      value = jnp.asarray(value, jnp.result_type(float))
+  return value
+
+
+def _check_inputs(fn: str, params: RNNParams, x) -> tuple[RNNParams, Array]:
+  """``(params, x)`` validated as one real RNN and its ``(..., T, m)`` inputs."""
   check_params(params)
-  if params.W.ndim != 2:
-    raise ValueError(f"{fn}: expects a single RNNParams (W of shape (n, n)), got W {params.W.shape}.")
-  x = jnp.asarray(x)
+  if jnp.ndim(params.W) != 2:
+    raise ValueError(f"{fn}: expects a single RNNParams (W of shape (n, n)), got W {jnp.shape(params.W)}.")
+  params = RNNParams(*(_real(fn, f"params.{name}", v) for name, v in zip(RNNParams._fields, params)))
+  x = _real(fn, "x", jnp.asarray(x))
   m = params.F.shape[-1]
   if x.ndim < 2 or x.shape[-1] != m:
     raise ValueError(f"{fn}: x must have shape (T, {m}) or (..., T, {m}), got {x.shape}.")
-  return x
+  return params, x
 
 
 def perturbed_states(params: RNNParams, x, perturbations, activation: Activation = "relu") -> Array:
@@ -63,10 +99,24 @@ def perturbed_states(params: RNNParams, x, perturbations, activation: Activation
     the states ``(..., T, n)``; with zero perturbations they equal
     ``simulate(params, x, activation, return_states=True)[1]``.
   """
-  x = _check_inputs("perturbed_states", params, x)
+  params, x = _check_inputs("perturbed_states", params, x)
   phi = get_activation(activation)
+  perturbations = _real("perturbed_states", "perturbations", perturbations, promote=False)
+  state_shape = x.shape[:-1] + (params.hidden_size,)
+  try:
+    np.broadcast_shapes(jnp.shape(perturbations), state_shape)
+  except ValueError:
+    raise ValueError(
+        f"perturbed_states: perturbations of shape {jnp.shape(perturbations)} do not"
+        f" broadcast to the states' shape {state_shape} (..., T, n)."
+    ) from None
+  if np.broadcast_shapes(jnp.shape(perturbations), state_shape) != state_shape:
+    raise ValueError(
+        f"perturbed_states: perturbations of shape {jnp.shape(perturbations)} would"
+        f" enlarge the states' shape {state_shape} (..., T, n)."
+    )
   z = jnp.moveaxis(x @ params.F.T + params.b, -2, 0)  # (T, *batch, n)
-  e = jnp.broadcast_to(perturbations, x.shape[:-1] + (params.hidden_size,))
+  e = jnp.broadcast_to(perturbations, state_shape)
   e = jnp.moveaxis(e, -2, 0)
   kernel = params.W.T
   h0 = jnp.broadcast_to(params.h0, z.shape[1:]).astype(z.dtype)
@@ -98,7 +148,7 @@ def hidden_gradients(
       per-sequence gradients.
     activation: name or callable.
   """
-  x = _check_inputs("hidden_gradients", params, x)
+  params, x = _check_inputs("hidden_gradients", params, x)
   shape = x.shape[:-1] + (params.hidden_size,)
   zeros = jnp.zeros(shape, jnp.result_type(x, params.W))
   # jit: one compile instead of one per eager op (also fine inside an outer jit).
@@ -142,7 +192,7 @@ def step_jacobians(params: RNNParams, x, activation: Activation = "relu"):
     ``(jacobians, dphi)``: ``(T, n, n)`` with ``jacobians[k] = dh(k)/dh(k-1)``
     (k = 0 is the Jacobian with respect to h0) and ``dphi`` ``(T, n)``.
   """
-  x = _check_inputs("step_jacobians", params, x)
+  params, x = _check_inputs("step_jacobians", params, x)
   if x.ndim != 2:
     raise ValueError(f"step_jacobians: x must be one sequence (T, m), got {x.shape}.")
   return _step_jacobians(params, x, get_activation(activation))
@@ -184,8 +234,18 @@ def jacobian_bound_check(
   Returns:
     a dict of floats, booleans and per-step lists (``sigma_min_J``,
     ``sigma_max_J``, ``a``, ``b``, ``grad_ratio``, ``lower``, ``upper``).
+
+  Raises:
+    ValueError: if ``x`` is not one sequence ``(T, m)`` with T >= 1, or
+      ``rtol`` is not a finite number >= 0.
+    TypeError: for complex parameters or inputs (integers are promoted).
   """
-  x = _check_inputs("jacobian_bound_check", params, x)
+  params, x = _check_inputs("jacobian_bound_check", params, x)
+  if x.ndim == 2 and x.shape[0] < 1:
+    raise ValueError(f"jacobian_bound_check: x must have at least one step, got shape {x.shape}.")
+  if isinstance(rtol, (bool, np.bool_)) or not isinstance(rtol, (int, float, np.floating, np.integer)) or not (
+      0.0 <= rtol < float("inf")):
+    raise ValueError(f"jacobian_bound_check: rtol must be a finite number >= 0, got rtol={rtol!r}.")
   jac, dphi = step_jacobians(params, x, activation)
   jac = np.asarray(jac, np.float64)
   dphi = np.abs(np.asarray(dphi, np.float64))

@@ -17,24 +17,68 @@ Shapes are ``(..., n, n)``; leading dimensions give independent draws.
 
 ``henaff`` and ``cayley`` can also return the skew-symmetric generator
 (``skew=True``) for the parametrised cells, where W = map(A).
+
+Bad arguments raise at the call, naming the argument: a shape whose sizes
+are not positive ints, or not square (ValueError / TypeError); an integer or
+boolean ``dtype`` (TypeError: these matrices are not integer-valued); a
+complex ``dtype`` for the real-only initialisers (ValueError; ``haar`` and
+``identity`` support complex dtypes).
 """
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 DTypeLike = jnp.dtype | type
 
 
 def _check_square(name: str, shape) -> tuple[int, ...]:
-  shape = tuple(int(s) for s in shape)
+  """``shape`` as a tuple of positive ints ``(..., n, n)``, or a clear error."""
+  try:
+    dims = tuple(shape)
+  except TypeError:
+    raise TypeError(
+        f"initializers.{name}: shape must be a sequence of ints (..., n, n),"
+        f" got {type(shape).__name__}: {shape!r}."
+    ) from None
+  for d in dims:
+    if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+      raise TypeError(
+          f"initializers.{name}: shape must contain ints, got shape={shape!r}"
+          f" (entry {d!r} of type {type(d).__name__})."
+      )
+  shape = tuple(int(d) for d in dims)
   if len(shape) < 2 or shape[-1] != shape[-2]:
     raise ValueError(
         f"initializers.{name} needs a square shape (..., n, n), got shape"
         f" {shape}."
     )
+  if any(d < 1 for d in shape):
+    raise ValueError(
+        f"initializers.{name}: every size in shape must be >= 1, got shape"
+        f" {shape}."
+    )
   return shape
+
+
+def _check_dtype(name: str, dtype, *, complex_ok: bool) -> jnp.dtype:
+  """``dtype`` as a floating (or, if ``complex_ok``, complex) ``jnp.dtype``."""
+  dtype = jnp.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.inexact):
+    kinds = "a floating or complex dtype" if complex_ok else "a real floating dtype"
+    raise TypeError(
+        f"initializers.{name}: dtype must be {kinds} (e.g. float32), got"
+        f" dtype={dtype}; these matrices are not integer-valued."
+    )
+  if not complex_ok and jnp.issubdtype(dtype, jnp.complexfloating):
+    raise ValueError(
+        f"initializers.{name} supports real dtypes only, got dtype={dtype}."
+    )
+  return dtype
 
 
 def haar():
@@ -42,7 +86,7 @@ def haar():
 
   def init(key, shape, dtype=jnp.float32):
     shape = _check_square("haar", shape)
-    dtype = jnp.dtype(dtype)
+    dtype = _check_dtype("haar", dtype, complex_ok=True)
     if jnp.issubdtype(dtype, jnp.complexfloating):
       kr, ki = jax.random.split(key)
       real = jnp.finfo(dtype).dtype
@@ -60,12 +104,28 @@ def haar():
 
 
 def identity(scale: float = 1.0):
-  """``scale * I``."""
+  """``scale * I``, in the requested dtype.
+
+  ``scale`` is a real number (complex numbers are accepted only with a
+  complex dtype).
+  """
+  is_scalar_array = hasattr(scale, "dtype") and np.ndim(scale) == 0
+  if isinstance(scale, (bool, np.bool_)) or not (isinstance(scale, numbers.Number) or is_scalar_array):
+    raise TypeError(
+        f"initializers.identity: scale must be a number, got"
+        f" {type(scale).__name__}: {scale!r}."
+    )
 
   def init(key, shape, dtype=jnp.float32):
     del key
     shape = _check_square("identity", shape)
-    return jnp.broadcast_to(scale * jnp.eye(shape[-1], dtype=dtype), shape)
+    dtype = _check_dtype("identity", dtype, complex_ok=True)
+    if jnp.iscomplexobj(scale) and not jnp.issubdtype(dtype, jnp.complexfloating):
+      raise TypeError(
+          f"initializers.identity: scale={scale!r} is complex but dtype={dtype}"
+          " is real; pass a complex dtype or a real scale."
+      )
+    return jnp.broadcast_to(scale * jnp.eye(shape[-1], dtype=dtype), shape).astype(dtype)
 
   return init
 
@@ -94,13 +154,6 @@ def _rotation_blocks(angles, n, dtype):
   return w
 
 
-def _check_real(name, dtype):
-  if jnp.issubdtype(jnp.dtype(dtype), jnp.complexfloating):
-    raise ValueError(
-        f"initializers.{name} supports real dtypes only, got dtype={dtype}."
-    )
-
-
 def henaff(*, skew: bool = False):
   """Henaff et al. (2016): 2x2 block rotations with angles ~ U[-pi, pi].
 
@@ -111,7 +164,7 @@ def henaff(*, skew: bool = False):
 
   def init(key, shape, dtype=jnp.float32):
     shape = _check_square("henaff", shape)
-    _check_real("henaff", dtype)
+    dtype = _check_dtype("henaff", dtype, complex_ok=False)
     n = shape[-1]
     angles = jax.random.uniform(
         key, shape[:-2] + (n // 2,), jnp.float32, -jnp.pi, jnp.pi
@@ -136,7 +189,7 @@ def cayley(*, skew: bool = False):
 
   def init(key, shape, dtype=jnp.float32):
     shape = _check_square("cayley", shape)
-    _check_real("cayley", dtype)
+    dtype = _check_dtype("cayley", dtype, complex_ok=False)
     n = shape[-1]
     t = jax.random.uniform(key, shape[:-2] + (n // 2,), jnp.float32, 0.0, jnp.pi / 2)
     if skew:
@@ -152,12 +205,16 @@ def contractive(eps: float = 0.01):
   A has i.i.d. standard Gaussian entries. The singular values of W lie in
   [1 - eps, 1): the system is contractive with time constant about 1/eps.
   """
+  if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+    raise TypeError(
+        f"contractive(eps=...) needs a real number, got {type(eps).__name__}: {eps!r}."
+    )
   if not 0.0 < eps < 1.0:
     raise ValueError(f"contractive(eps=...) needs 0 < eps < 1, got eps={eps}.")
 
   def init(key, shape, dtype=jnp.float32):
     shape = _check_square("contractive", shape)
-    _check_real("contractive", dtype)
+    dtype = _check_dtype("contractive", dtype, complex_ok=False)
     a = jax.random.normal(key, shape, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
     ata = jnp.swapaxes(a, -1, -2) @ a
     norm2 = jnp.linalg.norm(a, ord=2, axis=(-2, -1)) ** 2

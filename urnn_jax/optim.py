@@ -34,11 +34,28 @@ with ``jax.vmap``). They work under ``jit``, in float32 and float64, and on
 complex (unitary) leaves. For complex parameters note that ``jax.grad`` of
 a real loss returns the *conjugate* of the ascent direction: pass
 ``jnp.conj(grads)`` to the optimiser.
+
+Leaf checks (dtypes and shapes only, so free under ``jit``): constrained
+parameters must be square floating (real or complex) matrices, and each
+update must be floating, of the parameter's shape, and complex exactly when
+the parameter is (a real update of a complex W, or a complex update of a
+real W, would lose the imaginary part of W_new - W when cast to the update's
+dtype); otherwise TypeError / ValueError naming the leaf.
+
+Degenerate steps: the retractions never are (for a skew-symmetric A,
+I - A/2 is always invertible and exp(A) always orthogonal).
+:func:`orthogonal_projection` with ``"newton_schulz"`` or ``"qdwh"`` needs a
+non-singular W + u; called on concrete arrays it raises ValueError for a
+singular one (see :func:`urnn_jax.orthogonal.project`), but under ``jit``
+the values are traced and cannot be checked, and a singular W + u then
+gives a W_new that is not orthogonal (``"svd"`` always returns an
+orthogonal W_new).
 """
 
 from __future__ import annotations
 
 import functools
+import numbers
 import re
 from typing import Any, Callable, NamedTuple, Union
 
@@ -134,6 +151,18 @@ def _check_update(fn: str, updates, params) -> None:
   _check_params(fn, params)
 
   def same_shape(path, u, p):
+    dtype = getattr(u, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+      raise TypeError(
+          f"{fn}: the update for {_leaf_desc(path)} has dtype {dtype}; expected a"
+          " floating dtype (an integer update would be truncated)."
+      )
+    if jnp.issubdtype(dtype, jnp.complexfloating) != jnp.issubdtype(p.dtype, jnp.complexfloating):
+      raise TypeError(
+          f"{fn}: the update for {_leaf_desc(path)} has dtype {dtype} but the"
+          f" parameter has dtype {p.dtype}; a real (orthogonal) parameter needs a"
+          " real update and a complex (unitary) one a complex update."
+      )
     if u.shape != p.shape:
       raise ValueError(
           f"{fn}: the update for {_leaf_desc(path)} has shape"
@@ -151,6 +180,11 @@ def _map_leaves(fn: Callable[[Array, Array], Array], updates, params):
     return (w_new - w).astype(u.dtype)
 
   return jax.tree.map(leaf, updates, params)
+
+
+def _is_real_number(value) -> bool:
+  """A real Python/NumPy number, not a bool."""
+  return isinstance(value, numbers.Real) and not isinstance(value, (bool, jnp.bool_))
 
 
 def _check_method(fn: str, name: str, method) -> None:
@@ -189,7 +223,7 @@ def orthogonal_projection(
   """
   fn = "orthogonal_projection"
   _check_method(fn, "method", method)
-  if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0):
+  if tol is not None and (not _is_real_number(tol) or not tol > 0):
     raise ValueError(f"{fn}: tol must be None or a number > 0, got tol={tol!r}.")
   if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
     raise ValueError(f"{fn}: max_iters must be a positive int, got max_iters={max_iters!r}.")
@@ -219,9 +253,7 @@ def spectral_norm_projection(max_value: float = 1.0) -> optax.GradientTransforma
     max_value: rho > 0.
   """
   fn = "spectral_norm_projection"
-  if isinstance(max_value, bool) or not isinstance(max_value, (int, float)) or not (
-      0 < max_value < float("inf")
-  ):
+  if not _is_real_number(max_value) or not (0 < max_value < float("inf")):
     raise ValueError(
         f"{fn}: max_value must be a finite number > 0, got max_value={max_value!r}."
     )
@@ -430,7 +462,7 @@ def scale_recurrent(factor: float, *, match: Match = RECURRENT_MATRIX) -> optax.
     ValueError: for a ``factor`` that is not finite and > 0; the returned
       transformation's ``init`` raises ValueError when ``match`` selects no leaf.
   """
-  if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (0 < factor < float("inf")):
+  if not _is_real_number(factor) or not (0 < factor < float("inf")):
     raise ValueError(f"scale_recurrent: factor must be a finite number > 0, got {factor!r}.")
   _matcher("scale_recurrent", match)  # Validates match eagerly.
 

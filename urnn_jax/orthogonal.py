@@ -2,7 +2,17 @@
 
 All functions act on the last two axes and broadcast over leading (batch)
 axes. They accept real (orthogonal) and complex (unitary) matrices in float32
-or float64, and are safe under ``jit`` and ``vmap``.
+or float64, and are safe under ``jit`` and ``vmap``. Integer and boolean
+matrices are promoted to JAX's default float dtype before any arithmetic
+(no integer overflow).
+
+Degenerate inputs: the polar factor of a singular W is not unique and the
+Cayley transform of an A with I - A/2 singular does not exist. On concrete
+(not traced) arrays :func:`project` (``"newton_schulz"``, ``"qdwh"``) and
+:func:`cayley` check for them and raise ValueError; under ``jit`` / ``vmap``
+the values are tracers and cannot be checked, and the result is then
+silently not orthogonal (Newton-Schulz, QDWH) or has inf/NaN entries
+(Cayley). Non-finite inputs propagate to non-finite outputs.
 
 * :func:`project`: the nearest orthogonal/unitary matrix in Frobenius norm,
   the polar factor U V^H of W = U S V^H. The paper's method (seed 000, §5).
@@ -16,9 +26,11 @@ or float64, and are safe under ``jit`` and ``vmap``.
 from __future__ import annotations
 
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -36,6 +48,51 @@ def _as_square(fn: str, w, name: str = "W") -> Array:
   if not jnp.issubdtype(w.dtype, jnp.inexact):
     w = w.astype(jnp.result_type(float))
   return w
+
+
+def _check_real_number(fn: str, name: str, value) -> None:
+  """TypeError unless ``value`` is a real number (not a bool) or a 0-d real array."""
+  dtype = getattr(value, "dtype", None)
+  real_array = (dtype is not None and not isinstance(value, np.generic) and np.ndim(value) == 0
+                and (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)))
+  if real_array:
+    return
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    raise TypeError(
+        f"{fn}: {name} must be a real number, got {type(value).__name__}:"
+        f" {name}={value!r}."
+    )
+
+
+def _is_concrete(x) -> bool:
+  """True for an array with values (not a tracer under jit / vmap / grad)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _check_nonsingular(fn: str, m: Array, what: str, hint: str) -> None:
+  """ValueError if a concrete ``m`` (..., n, n) is singular to working precision.
+
+  The test is NumPy's rank rule: smallest singular value <= n eps ||m||_2,
+  with eps of ``m``'s dtype. Non-finite or traced inputs are not checked.
+  """
+  if not _is_concrete(m) or m.size == 0:
+    return
+  host = np.asarray(m)
+  if not np.all(np.isfinite(host)):
+    return  # NaN / inf in, NaN / inf out: nothing more to say.
+  wide = host.astype(np.complex128 if np.iscomplexobj(host) else np.float64)
+  s = np.linalg.svd(wide, compute_uv=False)  # (..., n), descending
+  n = m.shape[-1]
+  eps = float(jnp.finfo(m.dtype).eps)
+  bad = s[..., -1] <= n * eps * s[..., 0]
+  if np.any(bad):
+    where = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
+    at = f" (matrix {where} of the batch)" if where else ""
+    raise ValueError(
+        f"{fn}: {what} is singular to working precision{at}: smallest singular"
+        f" value {float(s[where][-1]):.3g}, largest {float(s[where][0]):.3g}"
+        f" (threshold n eps = {n * eps:.3g} relative). {hint}"
+    )
 
 
 def _eye_like(w: Array) -> Array:
@@ -62,11 +119,26 @@ def orthogonality_error(w) -> Array:
 def cayley(a) -> Array:
   """The Cayley transform (I - A/2)^{-1} (I + A/2).
 
-  Orthogonal (unitary) when A is skew-symmetric (skew-Hermitian).
+  Orthogonal (unitary) when A is skew-symmetric (skew-Hermitian); for such
+  an A, I - A/2 is always invertible (its eigenvalues are 1 - i t / 2). An
+  eigenvalue l of A becomes (1 + l/2) / (1 - l/2), never -1: orthogonal
+  matrices with eigenvalue -1 (e.g. a rotation by pi) are reached only in
+  the limit of an unbounded A.
+
+  Raises:
+    ValueError: for a non-square ``a``, or, when ``a`` is concrete, if
+      I - A/2 is singular to working precision (A has an eigenvalue 2, or
+      near it): the transform does not exist there. Under ``jit`` / ``vmap``
+      this cannot be checked, and such an A gives inf/NaN entries.
   """
   a = _as_square("cayley", a, "A")
   eye = _eye_like(a)
-  return jnp.linalg.solve(eye - 0.5 * a, eye + 0.5 * a)
+  m = eye - 0.5 * a
+  _check_nonsingular(
+      "cayley", m, "I - A/2",
+      "The Cayley transform needs I - A/2 invertible (no eigenvalue of A at 2);"
+      " a skew-symmetric A (pass skew(A)) always qualifies.")
+  return jnp.linalg.solve(m, eye + 0.5 * a)
 
 
 def expm_skew(a) -> Array:
@@ -185,9 +257,20 @@ def project(
       rounding stops it); ignored by the other methods.
     max_iters: Newton-Schulz iteration cap.
 
+  Singular W: the polar factor is not unique. ``"svd"`` returns one of the
+  orthogonal (unitary) minimisers (U V^H from the SVD; e.g. I for W = 0).
+  ``"newton_schulz"`` keeps zero singular values at zero and ``"qdwh"``
+  fails the same way, so for a concrete (not traced) W these two methods
+  check first and raise ValueError when W is singular to working precision
+  (smallest singular value <= n eps ||W||_2). Under ``jit`` / ``vmap`` the
+  check cannot run (the values are tracers): a singular W then silently
+  gives a matrix that is not orthogonal. Non-finite entries propagate.
+
   Raises:
     ValueError: for a non-square ``w``, an unknown ``method``, a
-      non-positive ``tol`` or ``max_iters``.
+      non-positive ``tol`` or ``max_iters``, or a concrete singular ``w``
+      with ``method="newton_schulz"`` or ``"qdwh"``.
+    TypeError: for a ``tol`` that is not a real number.
   """
   w = _as_square("project", w)
   if method not in PROJECTION_METHODS:
@@ -195,6 +278,8 @@ def project(
         f"project: method={method!r} is not supported; expected one of"
         f" {PROJECTION_METHODS}."
     )
+  if tol is not None:
+    _check_real_number("project", "tol", tol)
   if tol is not None and not tol > 0:
     raise ValueError(f"project: tol must be None or > 0, got tol={tol!r}.")
   if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
@@ -203,6 +288,11 @@ def project(
     )
   if method == "svd":
     return _project_svd(w)
+  _check_nonsingular(
+      "project", w, "W",
+      f"Its polar factor is not unique, and method={method!r} does not"
+      " converge to an orthogonal matrix from it; method='svd' returns one of"
+      " the nearest orthogonal (unitary) matrices.")
   if method == "newton_schulz":
     return _project_newton_schulz(w, tol, max_iters)
   return _project_qdwh(w)
@@ -222,8 +312,15 @@ def clip_singular_values(w, max_value: float = 1.0) -> Array:
 
   Raises:
     ValueError: for a non-square ``w`` or ``max_value`` not > 0.
+    TypeError: for a ``max_value`` that is not a real number.
   """
   w = _as_square("clip_singular_values", w)
+  if not isinstance(max_value, (bool, np.bool_, jax.Array, np.ndarray)):
+    _check_real_number("clip_singular_values", "max_value", max_value)
+  elif not isinstance(max_value, (bool, np.bool_)) and jnp.iscomplexobj(max_value):
+    raise TypeError(
+        f"clip_singular_values: max_value must be real, got dtype {max_value.dtype}."
+    )
   if isinstance(max_value, bool) or not max_value > 0:
     raise ValueError(
         f"clip_singular_values: max_value must be > 0, got max_value={max_value!r}."

@@ -50,12 +50,24 @@ The constructive functions (:func:`state_bound`, :func:`unitary_equivalent`,
 float64 whatever the parameters' dtype, then return arrays of that dtype:
 call them outside ``jit``. Exactness to ~1e-12 needs float64 simulation
 (``jax.config.update('jax_enable_x64', True)``).
+
+Input checks (every public function): the theory is about the *real* RNN of
+eq. (1), so complex parameters, inputs or dtypes raise TypeError (complex,
+unitary recurrences are supported by the Flax cells, e.g.
+``urnn_jax.OrthogonalRNNCell(n, param_dtype=jnp.complex64)`` run by
+``urnn_jax.Recurrent``); integer or boolean parameters and inputs are
+promoted to JAX's default float dtype before any arithmetic (never integer
+arithmetic), and results "in params' dtype" are then in that float dtype;
+sizes, counts and steps must be ints of the stated range (TypeError /
+ValueError naming the argument). :func:`spectral_norm` and
+:func:`decay_rate` are generic and also accept complex arrays.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -105,9 +117,105 @@ _POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "abs")
 # Validation helpers.
 
 
-def _single_params(fn: str, params) -> tuple[np.ndarray, ...]:
-  """(W, F, b, C, h0) of one RNN as float64 NumPy arrays, validated."""
+_COMPLEX_HINT = (
+    "the theory functions are for the real RNN of eq. (1); complex (unitary)"
+    " recurrences are supported by the Flax cells, e.g."
+    " urnn_jax.OrthogonalRNNCell(n, param_dtype=jnp.complex64) run by"
+    " urnn_jax.Recurrent"
+)
+
+
+def _dtype_of(value) -> np.dtype:
+  dtype = getattr(value, "dtype", None)
+  return np.dtype(dtype) if dtype is not None else np.asarray(value).dtype
+
+
+def _real_params(fn: str, params) -> RNNParams:
+  """``params`` validated as real: complex fields raise TypeError, integer or
+  boolean fields are promoted to the default float dtype (no integer
+  arithmetic). Only dtypes are inspected, so this is free under ``jit``.
+  Returns ``params`` itself when nothing needs promoting.
+  """
   check_params(params)
+  promoted = {}
+  for name, value in zip(RNNParams._fields, params):
+    dtype = _dtype_of(value)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+      raise TypeError(f"{fn}: params.{name} has complex dtype {dtype}; {_COMPLEX_HINT}.")
+    if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+      raise TypeError(f"{fn}: params.{name} must be a numeric array, got dtype {dtype}.")
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      promoted[name] = jnp.asarray(value, jnp.result_type(float))
+  return params._replace(**promoted) if promoted else params
+
+
+def _real_input(fn: str, name: str, x) -> jax.Array:
+  """``x`` as a real JAX array: complex raises TypeError, integers are promoted."""
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.complexfloating):
+    raise TypeError(f"{fn}: {name} has complex dtype {x.dtype}; {_COMPLEX_HINT}.")
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    x = x.astype(jnp.result_type(float))
+  return x
+
+
+def _real_numpy(fn: str, name: str, x) -> np.ndarray:
+  """``x`` as a float64 NumPy array; complex or non-numeric raises TypeError."""
+  arr = np.asarray(x)
+  if np.iscomplexobj(arr):
+    raise TypeError(f"{fn}: {name} has complex dtype {arr.dtype}; {_COMPLEX_HINT}.")
+  if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+    raise TypeError(f"{fn}: {name} must be a real numeric array, got dtype {arr.dtype}.")
+  return arr.astype(np.float64)
+
+
+def _check_int(fn: str, name: str, value, low: int) -> int:
+  """``value`` as an int >= ``low``: TypeError for a non-int, ValueError below."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(
+        f"{fn}: {name} must be an int, got {type(value).__name__}: {name}={value!r}."
+    )
+  if value < low:
+    raise ValueError(f"{fn}: {name} must be >= {low}, got {name}={value}.")
+  return int(value)
+
+
+def _is_real_scalar(value) -> bool:
+  """A real (non-bool) Python/NumPy number, or a 0-d real array."""
+  if isinstance(value, (bool, np.bool_)):
+    return False
+  if isinstance(value, numbers.Real):
+    return True
+  dtype = getattr(value, "dtype", None)
+  return (dtype is not None and np.ndim(value) == 0
+          and (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)))
+
+
+def _check_real(fn: str, name: str, value) -> float:
+  """``value`` as a Python float: TypeError unless a real (non-bool) number."""
+  if not _is_real_scalar(value):
+    raise TypeError(
+        f"{fn}: {name} must be a real number, got {type(value).__name__}:"
+        f" {name}={value!r}."
+    )
+  return float(value)
+
+
+def _check_float_dtype(fn: str, dtype) -> jnp.dtype:
+  """A real floating dtype; integer or complex dtypes raise TypeError."""
+  dtype = jnp.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.complexfloating):
+    raise TypeError(f"{fn}: dtype={dtype} is complex; {_COMPLEX_HINT}.")
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+        f"{fn}: dtype must be a real floating dtype (e.g. float32), got dtype={dtype}."
+    )
+  return dtype
+
+
+def _single_params(fn: str, params) -> tuple[RNNParams, tuple[np.ndarray, ...]]:
+  """(params with float fields, (W, F, b, C, h0) as float64 NumPy arrays), validated."""
+  params = _real_params(fn, params)
   if jnp.ndim(params.W) != 2:
     raise ValueError(
         f"{fn}: params must describe a single RNN with W of shape (n, n), got"
@@ -123,10 +231,16 @@ def _single_params(fn: str, params) -> tuple[np.ndarray, ...]:
   for name, value in zip(RNNParams._fields, arrays):
     if not np.all(np.isfinite(value)):
       raise ValueError(f"{fn}: params.{name} has non-finite entries.")
-  return arrays
+  return params, arrays
 
 
 def _check_bound(fn: str, name: str, value) -> float:
+  if isinstance(value, (complex, np.complexfloating)) or (
+      hasattr(value, "dtype") and np.iscomplexobj(value)):
+    raise TypeError(
+        f"{fn}: {name} must be a real number, got {type(value).__name__}:"
+        f" {value!r}."
+    )
   try:
     value = float(value)
   except (TypeError, ValueError):
@@ -147,8 +261,21 @@ def _like(value: np.ndarray, ref) -> jax.Array:
 
 
 def spectral_norm(w) -> float:
-  """||W||_2, the largest singular value (the paper's "spectral norm")."""
-  w = np.asarray(w, dtype=np.float64)
+  """||W||_2, the largest singular value (the paper's "spectral norm").
+
+  ``w`` is a real or complex matrix (computed in float64 / complex128); an
+  empty matrix has norm 0.
+
+  Raises:
+    ValueError: if ``w`` is not 2-D.
+    TypeError: if ``w`` is not numeric.
+  """
+  w = np.asarray(w)
+  if not (np.issubdtype(w.dtype, np.number) or w.dtype == np.bool_):
+    raise TypeError(f"spectral_norm: w must be a numeric matrix, got dtype {w.dtype}.")
+  if w.ndim != 2:
+    raise ValueError(f"spectral_norm: w must be a matrix (2-D), got shape {w.shape}.")
+  w = w.astype(np.complex128 if np.iscomplexobj(w) else np.float64)
   if w.size == 0:
     return 0.0
   return float(np.linalg.norm(w, ord=2))
@@ -195,7 +322,7 @@ def state_bound(params: RNNParams, input_bound: float) -> float:
     ValueError: if ``||W||_2 >= 1`` (no finite bound follows from eq. (7)),
       or if ``input_bound`` is negative or not finite.
   """
-  W, F, b, _, h0 = _single_params("state_bound", params)
+  _, (W, F, b, _, h0) = _single_params("state_bound", params)
   M = _check_bound("state_bound", "input_bound", input_bound)
   rho = spectral_norm(W)
   if not rho < 1.0:
@@ -232,6 +359,10 @@ def check_input_bound(x, input_bound: float, *, rtol: float | None = None,
   """
   M = _check_bound("check_input_bound", "input_bound", input_bound)
   x = np.asarray(x)
+  if np.iscomplexobj(x):
+    raise TypeError(f"check_input_bound: x has complex dtype {x.dtype}; {_COMPLEX_HINT}.")
+  if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+    raise TypeError(f"check_input_bound: x must be a numeric array, got dtype {x.dtype}.")
   if x.ndim < 2:
     raise ValueError(
         "check_input_bound: x must have shape (..., T, m), got shape"
@@ -268,14 +399,19 @@ def bounded_inputs(key, shape: Sequence[int], input_bound: float = 1.0, *,
     dtype: default: JAX's default float dtype.
   """
   M = _check_bound("bounded_inputs", "input_bound", input_bound)
+  _check_real("bounded_inputs", "on_bound", on_bound)
   if not 0.0 <= on_bound <= 1.0:
     raise ValueError(
         f"bounded_inputs: on_bound must be in [0, 1], got on_bound={on_bound!r}."
     )
-  shape = tuple(int(s) for s in shape)
+  try:
+    shape = tuple(shape)
+  except TypeError:
+    raise TypeError(f"bounded_inputs: shape must be a sequence of ints, got {shape!r}.") from None
+  shape = tuple(_check_int("bounded_inputs", f"shape[{i}]", s, 1) for i, s in enumerate(shape))
   if len(shape) < 2:
     raise ValueError(f"bounded_inputs: shape must be (..., T, m), got {shape}.")
-  dtype = jnp.dtype(dtype or jnp.result_type(float))
+  dtype = _check_float_dtype("bounded_inputs", dtype or jnp.result_type(float))
   return _bounded_inputs(key, M, on_bound, shape=shape, dtype=dtype)
 
 
@@ -368,7 +504,7 @@ def unitary_dilation(params: RNNParams, garbage_bias: float) -> RNNParams:
 
 
 def _dilation(fn: str, params: RNNParams, garbage_bias: Callable[[], float]) -> RNNParams:
-  W, F, b, C, h0 = _single_params(fn, params)
+  params, (W, F, b, C, h0) = _single_params(fn, params)
   rho = spectral_norm(W)
   if not rho < 1.0:
     raise ValueError(
@@ -442,9 +578,9 @@ def similarity_transform(params: RNNParams, T, activation: Activation = "identit
     ValueError: if T has the wrong shape, is singular, or is not a symmetry
       of ``activation`` (e.g. a non-diagonal T for ReLU).
   """
-  W, F, b, C, h0 = _single_params("similarity_transform", params)
+  params, (W, F, b, C, h0) = _single_params("similarity_transform", params)
   n = W.shape[0]
-  t = np.asarray(T, dtype=np.float64)
+  t = _real_numpy("similarity_transform", "T", T)
   if t.shape != (n, n):
     raise ValueError(
         f"similarity_transform: T must have shape (n, n) = ({n}, {n}) to match"
@@ -498,11 +634,15 @@ def equivalent(params_a: RNNParams, params_b: RNNParams, x,
     The maximum absolute difference over batch, time and outputs, as a
     Python float.
 
+  Integer parameters or inputs are promoted to float (no integer
+  arithmetic); complex ones raise TypeError.
+
   Raises:
     ValueError: if the two RNNs have different input or output sizes.
   """
-  check_params(params_a)
-  check_params(params_b)
+  params_a = _real_params("equivalent", params_a)
+  params_b = _real_params("equivalent", params_b)
+  x = _real_input("equivalent", "x", x)
   if params_a.input_size != params_b.input_size or params_a.output_size != params_b.output_size:
     raise ValueError(
         "equivalent: the RNNs must map the same inputs to the same outputs;"
@@ -584,7 +724,17 @@ def random_contractive_rnn(key, n: int, m: int, p: int, *, eps: float | None = 0
   else a Gaussian matrix rescaled to ``||W||_2 = norm``. F is scaled by
   1/sqrt(m) and C by 1/sqrt(n).
   """
-  dtype = jnp.dtype(dtype or jnp.result_type(float))
+  fn = "random_contractive_rnn"
+  n = _check_int(fn, "n", n, 1)
+  m = _check_int(fn, "m", m, 0)
+  p = _check_int(fn, "p", p, 0)
+  dtype = _check_float_dtype(fn, dtype or jnp.result_type(float))
+  for name, value in (("bias_scale", bias_scale), ("h0_scale", h0_scale)):
+    _check_real(fn, name, value)
+  if norm is not None:
+    _check_real(fn, "norm", norm)
+  if eps is not None:
+    _check_real(fn, "eps", eps)
   if norm is not None and not 0.0 < norm < 1.0:
     raise ValueError(
         f"random_contractive_rnn: norm must be in (0, 1), got norm={norm!r}."
@@ -620,7 +770,8 @@ def channel_rnn(decays: Sequence[float], *, dtype=None) -> RNNParams:
   the scalar RNN y(k) = relu(w y(k-1) + x(k)) of
   :func:`urnn_jax.experiments.equivalence.tightness_demo`.
   """
-  dtype = dtype or jnp.result_type(float)
+  _real_numpy("channel_rnn", "decays", decays)
+  dtype = _check_float_dtype("channel_rnn", dtype or jnp.result_type(float))
   w = jnp.asarray(decays, dtype)
   if w.ndim != 1 or w.size == 0 or not bool(jnp.all(jnp.abs(w) < 1)):
     raise ValueError(
@@ -727,10 +878,16 @@ def linearize(params: RNNParams, x_star, activation: Activation = "sigmoid", *,
     A :class:`Linearization` (NumPy arrays).
 
   Raises:
-    ValueError: if ``x_star`` has the wrong shape or the iteration does not
-      converge within ``max_iter`` (the message gives the residual).
+    ValueError: if ``x_star`` has the wrong shape, ``tol`` is not > 0,
+      ``max_iter`` < 1, or the iteration does not converge within
+      ``max_iter`` (the message gives the residual).
+    TypeError: for complex parameters or ``x_star`` (integer ones are
+      promoted to float), or a non-int ``max_iter``.
   """
-  check_params(params)
+  params = _real_params("linearize", params)
+  max_iter = _check_int("linearize", "max_iter", max_iter, 1)
+  if tol is not None and not _check_real("linearize", "tol", tol) > 0:
+    raise ValueError(f"linearize: tol must be None or > 0, got tol={tol!r}.")
   W = jnp.asarray(params.W)
   if W.ndim != 2:
     raise ValueError(
@@ -738,7 +895,7 @@ def linearize(params: RNNParams, x_star, activation: Activation = "sigmoid", *,
         f" W of shape {W.shape}."
     )
   dtype = W.dtype
-  x_star = jnp.asarray(x_star, dtype)
+  x_star = _real_input("linearize", "x_star", x_star).astype(dtype)
   m = params.input_size
   if x_star.shape != (m,):
     raise ValueError(
@@ -781,12 +938,30 @@ def small_signal_response(params: RNNParams, x_star, activation: Activation = "s
   The central difference makes them agree to O(delta^2): the input-output
   map itself carries the eigenvalues of J, which can be read back from the
   measured response alone (:func:`response_eigenvalues`, :func:`decay_rate`).
+
+  Raises:
+    ValueError: for ``steps`` < 1, a ``delta`` that is not finite and > 0, or
+      a ``direction`` or ``x_star`` not of shape ``(m,)``.
+    TypeError: for complex parameters, ``x_star`` or ``direction``.
   """
+  fn = "small_signal_response"
+  params = _real_params(fn, params)
+  steps = _check_int(fn, "steps", steps, 1)
+  if not (math.isfinite(_check_real(fn, "delta", delta)) and delta > 0):
+    raise ValueError(f"{fn}: delta must be a finite number > 0, got delta={delta!r}.")
+  m = params.input_size
+  if direction is not None:
+    direction = _real_input(fn, "direction", direction)
+    if direction.shape != (m,):
+      raise ValueError(
+          f"{fn}: direction must have shape (m,) = ({m},), got shape {direction.shape}."
+      )
   lin = lin or linearize(params, x_star, activation)
   dtype = jnp.asarray(params.W).dtype
-  m = params.input_size
   d = jnp.ones((m,), dtype) / math.sqrt(m) if direction is None else jnp.asarray(direction, dtype)
-  x_star = jnp.asarray(x_star, dtype)
+  x_star = _real_input(fn, "x_star", x_star).astype(dtype)
+  if x_star.shape != (m,):
+    raise ValueError(f"{fn}: x_star must have shape (m,) = ({m},), got shape {x_star.shape}.")
   xs = jnp.broadcast_to(x_star, (2, steps, m))
   xs = xs.at[0, 0].add(delta * d).at[1, 0].add(-delta * d)
   at_rest = params._replace(h0=jnp.asarray(lin.h_star, dtype))
@@ -814,8 +989,21 @@ def response_eigenvalues(response, order: int, *, rel_floor: float = 1e-9) -> np
 
   Returns:
     The eigenvalues by decreasing modulus (complex).
+
+  Raises:
+    ValueError: if the response cannot identify ``order`` poles (too few
+      usable steps, ``order`` < 1, or an empty response).
+    TypeError: for a complex response (the real system of eq. (1)) or a
+      non-int ``order``.
   """
-  g = np.asarray(response, np.float64)
+  order = _check_int("response_eigenvalues", "order", order, 1)
+  _check_real("response_eigenvalues", "rel_floor", rel_floor)
+  g = _real_numpy("response_eigenvalues", "response", response)
+  if g.ndim < 1 or g.shape[0] == 0 or g.size == 0:
+    raise ValueError(
+        "response_eigenvalues: response must have shape (steps, ...) with at"
+        f" least one step and one output, got shape {g.shape}."
+    )
   g = g.reshape(g.shape[0], -1)
   norms = np.linalg.norm(g, axis=1)
   usable = np.nonzero(norms > rel_floor * norms.max())[0]
@@ -844,9 +1032,17 @@ def decay_rate(response, *, floor: float = 1e-9) -> float:
   Fits ``log ||r(k)||_2 = a + k log(rate)`` by least squares over the second
   half of the steps where ``||r(k)|| > floor * max_k ||r(k)||`` (the tail,
   where the dominant eigenvalue modulus rules). Returns NaN when fewer than
-  two steps qualify.
+  two steps qualify (an empty response included). A complex response is
+  accepted (its norms are real).
   """
-  r = np.linalg.norm(np.asarray(response, np.float64).reshape(len(response), -1), axis=-1)
+  _check_real("decay_rate", "floor", floor)
+  response = np.asarray(response)
+  if not (np.issubdtype(response.dtype, np.number) or response.dtype == np.bool_):
+    raise TypeError(f"decay_rate: response must be numeric, got dtype {response.dtype}.")
+  if response.ndim < 1 or response.size == 0:
+    return float("nan")
+  wide = np.complex128 if np.iscomplexobj(response) else np.float64
+  r = np.linalg.norm(response.astype(wide).reshape(len(response), -1), axis=-1)
   if not r.size or r.max() == 0:
     return float("nan")
   ok = np.nonzero(r > floor * r.max())[0]
@@ -889,7 +1085,8 @@ def near_equivalent_channel_urnn(decays: Sequence[float], scale: float,
     scale: in (0, 1].
     input_bound: M, the bound on ``||x(k)||_2``.
   """
-  w = np.asarray(decays, dtype=np.float64)
+  w = _real_numpy("near_equivalent_channel_urnn", "decays", decays)
+  _check_real("near_equivalent_channel_urnn", "scale", scale)
   if w.ndim != 1 or w.size == 0 or not np.all((np.abs(w) < 1) & (w != 0)):
     raise ValueError(
         "near_equivalent_channel_urnn: decays must be a non-empty 1-D sequence"

@@ -28,6 +28,9 @@ a fixed pixel permutation drawn from a seed (:func:`pixel_permutation`), a
 validation split held out from the training set, and sequences of 784 steps
 with one feature. The sequences are kept as ``uint8``; :func:`to_inputs`
 scales a batch to ``float32`` in [0, 1] with shape ``(batch, 784, 1)``.
+
+Seeds, lengths, counts and subset sizes must be ints of the stated range
+(TypeError for a non-int, ValueError out of range, naming the argument).
 """
 
 from __future__ import annotations
@@ -452,8 +455,26 @@ def load_images(
 # The permuted pixel task.
 
 
+def _check_int(fn: str, name: str, value, low: int) -> int:
+  """``value`` as an int >= ``low``: TypeError for non-ints (and bools), ValueError below."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(
+        f"{fn}: {name} must be an int, got {type(value).__name__}: {name}={value!r}."
+    )
+  if value < low:
+    raise ValueError(f"{fn}: {name} must be >= {low}, got {name}={value}.")
+  return int(value)
+
+
 def pixel_permutation(seed: int, length: int = SEQUENCE_LENGTH) -> np.ndarray:
-  """A fixed random permutation of ``range(length)`` determined by ``seed``."""
+  """A fixed random permutation of ``range(length)`` determined by ``seed``.
+
+  Raises:
+    TypeError / ValueError: unless ``seed`` is an int >= 0 and ``length`` an
+      int >= 1.
+  """
+  seed = _check_int("pixel_permutation", "seed", seed, 0)
+  length = _check_int("pixel_permutation", "length", length, 1)
   return np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED])).permutation(length)
 
 
@@ -478,6 +499,10 @@ def split_digest(splits: "SequenceSplits") -> str:
 
 def train_validation_split(num_train: int, num_validation: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """Disjoint index arrays ``(train, validation)`` covering ``range(num_train)``."""
+  fn = "train_validation_split"
+  _check_int(fn, "num_train", num_train, 0)
+  _check_int(fn, "num_validation", num_validation, 0)
+  _check_int(fn, "seed", seed, 0)
   if not 0 < num_validation < num_train:
     raise ValueError(
         f"num_validation must be in (0, {num_train}) (the training set size),"
@@ -507,7 +532,17 @@ def permuted_sequences(
     permute: False gives the unpermuted (sequential) pixel task.
     train_subset: keep only this many training examples (0: all).
     eval_subset: keep only this many validation and test examples (0: all).
+
+  Raises:
+    TypeError / ValueError: for a ``seed`` that is not an int >= 0, a
+      ``num_validation`` not an int in (0, training set size), or subset
+      sizes that are not ints >= 0.
   """
+  fn = "permuted_sequences"
+  _check_int(fn, "seed", seed, 0)
+  _check_int(fn, "num_validation", num_validation, 1)
+  train_subset = _check_int(fn, "train_subset", train_subset, 0)
+  eval_subset = _check_int(fn, "eval_subset", eval_subset, 0)
   perm = pixel_permutation(seed) if permute else np.arange(SEQUENCE_LENGTH)
   train_idx, valid_idx = train_validation_split(len(dataset.train_labels), num_validation, seed)
   if train_subset:
@@ -538,7 +573,22 @@ def to_inputs(x):
 
   Works on NumPy and JAX arrays (use it inside a jitted step so that only
   bytes cross to the device).
+
+  Raises:
+    TypeError: unless ``x`` has dtype ``uint8`` (the pixel values in
+      [0, 255] that :class:`SequenceSplits` holds). Other integer arrays
+      could exceed 255, and floating ones are taken to be already scaled:
+      dividing them by 255 again would silently give wrong inputs. (A dtype
+      check: free under ``jit``.)
   """
+  dtype = getattr(x, "dtype", None)
+  if dtype is None or np.dtype(dtype) != np.uint8:
+    raise TypeError(
+        "to_inputs: x must be a uint8 array of pixel values in [0, 255] (as in"
+        f" SequenceSplits), got {type(x).__name__} with dtype {dtype}; float"
+        " inputs already in [0, 1] need no conversion (add the feature axis"
+        " with x[..., None])."
+    )
   return (x[..., None] / 255.0).astype("float32")
 
 

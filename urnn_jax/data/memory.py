@@ -41,6 +41,10 @@ time step). A model has learned something only when it beats it:
 
 :func:`get_task` bundles a generator, its input encoding (one-hot for the
 token tasks), its loss kind and its baseline into a :class:`MemoryTask`.
+Its options (``num_values``, ``k``, ``num_symbols``, ``num_categories``) are
+validated when the task is built, not at the first sample: each must be a
+positive int (ValueError naming the option). Lengths given to a task's
+``baseline`` and ``num_steps`` are validated the same way.
 """
 
 from __future__ import annotations
@@ -62,8 +66,16 @@ BLANK = 0
 
 def _check_positive(fn: str, **values):
   for name, v in values.items():
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < 1:
       raise ValueError(f"{fn}: {name} must be a positive int, got {v!r}.")
+
+
+def _check_float_dtype(fn: str, dtype) -> None:
+  dtype = jnp.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+        f"{fn}: dtype must be a real floating dtype (e.g. float32), got dtype={dtype}."
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -153,6 +165,7 @@ def adding_problem(key: Array, batch_size: int, length: int, *, dtype=jnp.float3
     the ``(batch_size,)`` sum of the two marked values.
   """
   _check_positive("adding_problem", batch_size=batch_size, length=length)
+  _check_float_dtype("adding_problem", dtype)
   if length < 2:
     raise ValueError(f"adding_problem: length must be >= 2, got {length}.")
   kv, k1, k2 = jax.random.split(key, 3)
@@ -178,6 +191,8 @@ def kth_highest_distribution(length: int, *, k: int = 3, num_values: int = 100) 
   ``P(answer <= v) = sum_{j < k} C(T, j) p^j (1 - p)^(T - j)``.
   """
   _check_positive("kth_highest_distribution", length=length, k=k, num_values=num_values)
+  if k > length:
+    raise ValueError(f"kth_highest_distribution: k={k} must be <= length={length}.")
   cdf = np.zeros(num_values)
   for v in range(num_values):
     p = (num_values - 1 - v) / num_values
@@ -239,6 +254,7 @@ class MemoryTask:
 
   def num_steps(self, length: int) -> int:
     """Sequence length fed to the model (``length + 2 * num_symbols`` for copy)."""
+    _check_positive(f"MemoryTask({self.name!r}).num_steps", length=length)
     if self.name == "copy":
       return length + 2 * self.options["num_symbols"]
     return length
@@ -249,7 +265,10 @@ def _one_hot(n: int):
 
 
 def _first_term_task(num_values: int = 10) -> MemoryTask:
+  _check_positive("get_task('first_term')", num_values=num_values)
+
   def baseline(length):
+    _check_positive("first_term baseline", length=length)
     return {
         "loss": math.log(num_values),
         "accuracy": 1.0 / num_values,
@@ -270,6 +289,8 @@ def _first_term_task(num_values: int = 10) -> MemoryTask:
 
 
 def _kth_highest_task(k: int = 3, num_values: int = 100) -> MemoryTask:
+  _check_positive("get_task('kth_highest')", k=k, num_values=num_values)
+
   def baseline(length):
     p = kth_highest_distribution(length, k=k, num_values=num_values)
     mode = int(np.argmax(p))
@@ -293,7 +314,10 @@ def _kth_highest_task(k: int = 3, num_values: int = 100) -> MemoryTask:
 
 
 def _copy_task(num_symbols: int = 10, num_categories: int = 8) -> MemoryTask:
+  _check_positive("get_task('copy')", num_symbols=num_symbols, num_categories=num_categories)
+
   def baseline(length):
+    _check_positive("copy baseline", length=length)
     total = length + 2 * num_symbols
     return {
         "loss": num_symbols * math.log(num_categories) / total,
@@ -319,6 +343,9 @@ def _copy_task(num_symbols: int = 10, num_categories: int = 8) -> MemoryTask:
 
 def _adding_task() -> MemoryTask:
   def baseline(length):
+    _check_positive("adding baseline", length=length)
+    if length < 2:
+      raise ValueError(f"adding baseline: length must be >= 2, got length={length}.")
     return {"loss": 1.0 / 6.0, "accuracy": None, "description": "always answer 1 (the mean)"}
 
   return MemoryTask(

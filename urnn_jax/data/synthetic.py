@@ -29,6 +29,14 @@ Everything here is a pure function of a PRNG key: realization ``r`` of
 :func:`make_realizations` uses ``jax.random.fold_in(key, r)``, so asking for
 more realizations only appends new ones.
 
+Input checks: counts and sizes must be positive ints (TypeError for a
+non-int, ValueError below 1, naming the argument); the data are real, so
+complex arrays raise TypeError and integer arrays are promoted to float
+(never integer arithmetic); ``power`` must be one of
+:data:`POWER_DEFINITIONS`; arrays compared elementwise must have the same
+shape. The checks inspect Python values, shapes and dtypes only (free under
+``jit``); values that are traced are not checked.
+
 Example:
   >>> import jax
   >>> from urnn_jax.data import synthetic
@@ -43,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -57,6 +66,70 @@ Array = jax.Array
 
 INPUT_KINDS = ("gaussian", "sparse")
 POWER_DEFINITIONS = ("variance", "mean_square")
+
+
+# ---------------------------------------------------------------------------
+# Argument checks.
+
+
+def _check_count(fn: str, name: str, value, low: int = 1) -> int:
+  """``value`` as an int >= ``low`` (TypeError for non-ints and bools)."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(
+        f"{fn}: {name} must be an int, got {type(value).__name__}: {name}={value!r}."
+    )
+  if value < low:
+    raise ValueError(f"{fn}: {name} must be >= {low}, got {name}={value}.")
+  return int(value)
+
+
+def _check_real_number(fn: str, name: str, value) -> None:
+  """TypeError unless ``value`` is a real Python/NumPy number (or a traced array)."""
+  if isinstance(value, jax.core.Tracer):
+    return
+  real_scalar_array = (
+      hasattr(value, "dtype") and np.ndim(value) == 0
+      and (jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)))
+  if isinstance(value, (bool, np.bool_)) or not (isinstance(value, numbers.Real) or real_scalar_array):
+    raise TypeError(
+        f"{fn}: {name} must be a real number, got {type(value).__name__}: {name}={value!r}."
+    )
+
+
+def _real_array(fn: str, name: str, x) -> Array:
+  """``x`` checked to be real: complex raises TypeError, integers (and bools) are
+  promoted to the default float dtype; real floating arrays pass unchanged."""
+  if getattr(x, "dtype", None) is None or getattr(x, "shape", None) is None:
+    x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.complexfloating):
+    raise TypeError(
+        f"{fn}: {name} has complex dtype {x.dtype}; the synthetic data are real."
+    )
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    x = jnp.asarray(x, jnp.result_type(float))
+  return x
+
+
+def _real_params(fn: str, params: RNNParams) -> RNNParams:
+  """``params`` with real floating fields (complex: TypeError; integers promoted)."""
+  if not isinstance(params, RNNParams):
+    raise TypeError(f"{fn}: params must be urnn_jax.RNNParams, got {type(params).__name__}.")
+  promoted = {}
+  for name, v in zip(RNNParams._fields, params):
+    dtype = getattr(v, "dtype", None)
+    dtype = jnp.dtype(jnp.asarray(v).dtype if dtype is None else dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+      raise TypeError(
+          f"{fn}: params.{name} has complex dtype {dtype}; the synthetic teacher is real."
+      )
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      promoted[name] = jnp.asarray(v, jnp.result_type(float))
+  return params._replace(**promoted) if promoted else params
+
+
+def _check_power(fn: str, power) -> None:
+  if power not in POWER_DEFINITIONS:
+    raise ValueError(f"{fn}: power={power!r}; expected one of {POWER_DEFINITIONS}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +179,11 @@ class TeacherSpec:
       value = getattr(self, name)
       if value is None and name == "calibration_sequences":
         continue
-      if not isinstance(value, (int, np.integer)) or value < 1:
+      if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+          or value < 1):
         raise ValueError(f"TeacherSpec.{name} must be a positive int, got {value!r}.")
+    for name in ("eps", "on_target", "sparsity", "snr_db"):
+      _check_real_number("TeacherSpec", name, getattr(self, name))
     if not 0.0 < self.eps < 1.0:
       raise ValueError(f"TeacherSpec.eps must be in (0, 1), got {self.eps!r}.")
     if not 0.0 < self.on_target < 1.0:
@@ -157,6 +233,7 @@ class Realization(NamedTuple):
 
 def optimal_r2(snr_db: float) -> float:
   """The best expected R^2 at an SNR (variance power): snr / (1 + snr)."""
+  _check_real_number("optimal_r2", "snr_db", snr_db)
   snr = 10.0 ** (float(snr_db) / 10.0)
   return snr / (1.0 + snr)
 
@@ -185,9 +262,20 @@ def sample_inputs(
 
   ``kind="sparse"``: each entry is N(0, 1) with probability ``sparsity`` and 0
   otherwise.
+
+  Raises:
+    TypeError / ValueError: for sizes that are not positive ints, an unknown
+      ``kind`` or a ``sparsity`` outside (0, 1].
   """
+  fn = "sample_inputs"
+  num_sequences = _check_count(fn, "num_sequences", num_sequences)
+  seq_len = _check_count(fn, "seq_len", seq_len)
+  input_size = _check_count(fn, "input_size", input_size)
   if kind not in INPUT_KINDS:
     raise ValueError(f"sample_inputs: kind={kind!r}; expected one of {INPUT_KINDS}.")
+  _check_real_number(fn, "sparsity", sparsity)
+  if not isinstance(sparsity, jax.core.Tracer) and not 0.0 < sparsity <= 1.0:
+    raise ValueError(f"sample_inputs: sparsity must be in (0, 1], got sparsity={sparsity!r}.")
   shape = (num_sequences, seq_len, input_size)
   kx, km = jax.random.split(key)
   x = jax.random.normal(kx, shape, jnp.float32)
@@ -196,8 +284,13 @@ def sample_inputs(
   return x
 
 
-def _states(params: RNNParams, x: Array, activation) -> tuple[Array, Array]:
+def _states(params: RNNParams, x: Array, activation, fn: str = "_states") -> tuple[Array, Array]:
   """Pre-activations and states, both ``(N, T, n)``, of the teacher on ``x``."""
+  params = _real_params(fn, params)
+  x = _real_array(fn, "x", x)
+  m = params.F.shape[-1]
+  if x.ndim < 2 or x.shape[-1] != m:
+    raise ValueError(f"{fn}: x must have shape (..., T, {m}) (m = F's columns), got {x.shape}.")
   phi = get_activation(activation)
   z = jnp.moveaxis(x @ params.F.T + params.b, -2, 0)  # (T, N, n)
   _, hs = recurrence(params.W.T, z, params.h0, phi)
@@ -210,7 +303,7 @@ def _states(params: RNNParams, x: Array, activation) -> tuple[Array, Array]:
 
 def on_fraction(params: RNNParams, x: Array, activation="relu") -> Array:
   """``(n,)`` fraction of (sequence, step) pairs where each unit's pre-activation is > 0."""
-  pre, _ = _states(params, x, activation)
+  pre, _ = _states(params, x, activation, "on_fraction")
   return jnp.mean(pre > 0, axis=tuple(range(pre.ndim - 1)))
 
 
@@ -244,7 +337,20 @@ def calibrate_bias(
 
   Returns:
     ``(params with the new b, (n,) on-fractions measured on x at that b)``.
+
+  Raises:
+    TypeError / ValueError: for complex params or x, an ``iters`` that is not
+      an int >= 1, or a ``target`` outside (0, 1) (Python values only; traced
+      values are not checked).
   """
+  fn = "calibrate_bias"
+  params = _real_params(fn, params)
+  x = _real_array(fn, "x", x)
+  if not isinstance(iters, jax.core.Tracer):
+    _check_count(fn, "iters", iters)
+  _check_real_number(fn, "target", target)
+  if not isinstance(target, jax.core.Tracer) and not 0.0 < target < 1.0:
+    raise ValueError(f"{fn}: target must be in (0, 1), got target={target!r}.")
   s = jnp.linalg.norm(params.F, axis=-1) if scale is None else jnp.asarray(scale)
   s = jnp.where(s > 0, s, 1.0).astype(params.b.dtype)
 
@@ -264,6 +370,7 @@ def calibrate_bias(
 
 
 def _power(y: Array, power: str) -> Array:
+  _check_power("_power", power)
   axes = tuple(range(y.ndim - 1))
   if power == "variance":
     return jnp.var(y, axis=axes)
@@ -272,11 +379,23 @@ def _power(y: Array, power: str) -> Array:
 
 def noise_std_for_snr(y_clean: Array, snr_db: float, power: str = "variance") -> Array:
   """``(p,)`` noise standard deviation giving ``snr_db`` on each output channel."""
+  _check_power("noise_std_for_snr", power)
+  _check_real_number("noise_std_for_snr", "snr_db", snr_db)
+  y_clean = _real_array("noise_std_for_snr", "y_clean", y_clean)
   return jnp.sqrt(_power(y_clean, power) / 10.0 ** (snr_db / 10.0))
 
 
 def measured_snr_db(y_clean: Array, y_noisy: Array, power: str = "variance") -> Array:
   """``(p,)`` SNR in dB of ``y_noisy = y_clean + noise``, per output channel."""
+  fn = "measured_snr_db"
+  _check_power(fn, power)
+  y_clean = _real_array(fn, "y_clean", y_clean)
+  y_noisy = _real_array(fn, "y_noisy", y_noisy)
+  if y_clean.shape != y_noisy.shape:
+    raise ValueError(
+        f"{fn}: y_clean and y_noisy must have the same shape, got {y_clean.shape}"
+        f" and {y_noisy.shape}."
+    )
   noise = y_noisy - y_clean
   return 10.0 * jnp.log10(_power(y_clean, power) / _power(noise, power))
 
@@ -286,7 +405,19 @@ def r2_score(y_true: Array, y_pred: Array) -> Array:
 
   The last axis holds the channels; all other axes (realization excluded:
   call under ``vmap``) are pooled. 1 is perfect, 0 is predicting the mean.
+
+  Raises:
+    ValueError: if ``y_true`` and ``y_pred`` differ in shape (no
+      broadcasting) or are 0-d.
+    TypeError: for complex arrays (integer arrays are promoted to float).
   """
+  y_true = _real_array("r2_score", "y_true", y_true)
+  y_pred = _real_array("r2_score", "y_pred", y_pred)
+  if y_true.shape != y_pred.shape or y_true.ndim < 1:
+    raise ValueError(
+        "r2_score: y_true and y_pred must have the same shape (..., channels),"
+        f" got {y_true.shape} and {y_pred.shape}."
+    )
   axes = tuple(range(y_true.ndim - 1))
   sse = jnp.sum(jnp.square(y_true - y_pred), axis=axes)
   sst = jnp.sum(jnp.square(y_true - jnp.mean(y_true, axis=axes)), axis=axes)
@@ -305,7 +436,12 @@ def make_realization(
   biases are calibrated (:func:`calibrate_bias`, on those inputs unless
   ``spec.calibration_sequences`` asks for a separate set), then the clean
   outputs are simulated and noise at ``spec.snr_db`` is added.
+
+  Raises:
+    TypeError / ValueError: for a ``spec`` that is not a TeacherSpec, or
+      ``num_train`` / ``num_test`` that are not ints >= 1.
   """
+  _check_sizes("make_realization", spec, num_train=num_train, num_test=num_test)
   k_teacher, k_cal, k_x, k_noise = jax.random.split(key, 4)
   teacher = sample_teacher(k_teacher, spec)
   x = sample_inputs(
@@ -323,7 +459,7 @@ def make_realization(
       teacher, x_cal, target=spec.on_target, iters=spec.calibration_iters,
       scale=input_scale(teacher, spec), activation=spec.activation,
   )
-  pre, h = _states(teacher, x, spec.activation)
+  pre, h = _states(teacher, x, spec.activation, "make_realization")
   frac = jnp.mean(pre > 0, axis=(0, 1))
   y_clean = h @ teacher.C.T
   noise_std = noise_std_for_snr(y_clean, spec.snr_db, spec.power)
@@ -339,6 +475,13 @@ def make_realization(
       snr_db=measured_snr_db(y_clean, y, spec.power),
       oracle_r2=r2_score(y[num_train:], y_clean[num_train:]),
   )
+
+
+def _check_sizes(fn: str, spec, **counts) -> None:
+  if not isinstance(spec, TeacherSpec):
+    raise TypeError(f"{fn}: spec must be a TeacherSpec, got {type(spec).__name__}: {spec!r}.")
+  for name, value in counts.items():
+    _check_count(fn, name, value)
 
 
 @functools.lru_cache(maxsize=16)
@@ -359,12 +502,8 @@ def make_realizations(
   Generated one at a time by one compiled function (memory stays at one
   realization's simulation), then stacked as host (numpy) arrays.
   """
-  if num_realizations < 1:
-    raise ValueError(f"make_realizations: num_realizations must be >= 1, got {num_realizations}.")
-  if num_train < 1 or num_test < 1:
-    raise ValueError(
-        f"make_realizations: num_train and num_test must be >= 1, got {num_train}, {num_test}."
-    )
+  _check_sizes("make_realizations", spec, num_realizations=num_realizations,
+               num_train=num_train, num_test=num_test)
   one = _realization_fn(spec, num_train, num_test)
   parts = [jax.device_get(one(jax.random.fold_in(key, r))) for r in range(num_realizations)]
   return jax.tree.map(lambda *xs: np.stack(xs), *parts)
