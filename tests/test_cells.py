@@ -237,3 +237,87 @@ def test_cell_rnn_params(x64, parametrization):
   # to_rnn_params takes the flax layer as the model, too.
   for a, b in zip(urnn_jax.to_rnn_params(rnn_vars, rnn), theta):
     np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# Issue 22: bad input gets a clear error naming the field, never a silent wrong
+# answer. One test per class of bad input.
+# ---------------------------------------------------------------------------
+
+
+def test_integer_inputs_and_variables_are_promoted_and_integer_dtypes_rejected():
+  # carry @ K in int32 wrapped around (1e5 * 1e5 > 2^31).
+  cell = urnn_jax.RNNCell(3, activation="identity")
+  v = cell.init(jax.random.key(0), jnp.zeros((2, 3)), jnp.ones((2, 2)))
+  v_int = jax.tree.map(lambda a: jnp.round(a * 100_000).astype(jnp.int32), v)
+  v_float = jax.tree.map(lambda a: a.astype(jnp.float32), v_int)
+  carry, x = jnp.full((2, 3), 100_000, jnp.int32), jnp.full((2, 2), 100_000, jnp.int32)
+  h, _ = cell.apply(v_int, carry, x)
+  assert h.dtype == jnp.float32
+  np.testing.assert_allclose(h, cell.apply(v_float, carry.astype(jnp.float32),
+                                           x.astype(jnp.float32))[0], rtol=1e-6)
+  # The same through flax's RNN (the cell's own step).
+  xs = jnp.full((2, 4, 2), 100_000, jnp.int32)
+  np.testing.assert_allclose(nn.RNN(cell).apply({"params": {"cell": v_int["params"]}}, xs),
+                             nn.RNN(cell).apply({"params": {"cell": v_float["params"]}},
+                                                xs.astype(jnp.float32)), rtol=1e-6)
+  for field in ("param_dtype", "dtype"):
+    for cls in (urnn_jax.RNNCell, urnn_jax.OrthogonalRNNCell):
+      with pytest.raises(TypeError, match=rf"{cls.__name__}: {field} must be a floating or complex dtype.*{field}='int32'"):
+        urnn_jax.Recurrent(cls(3, **{field: jnp.int32})).init(jax.random.key(0), jnp.ones((1, 2, 2)))
+
+
+def test_real_cells_reject_complex_and_complex_cells_opt_in(x64):
+  x = jnp.ones((2, 5, 2))
+  cell = urnn_jax.OrthogonalRNNCell(3, param_dtype=jnp.float64)
+  v = cell.init(jax.random.key(0), jnp.zeros((2, 3)), x[:, 0])
+  assert not cell.supports_complex and not urnn_jax.RNNCell(3).supports_complex
+  real = r"the cell OrthogonalRNNCell \(param_dtype=float64\) is real.*complex cell"
+  with pytest.raises(TypeError, match=rf"OrthogonalRNNCell: inputs is complex \(complex128\), but {real}"):
+    cell.apply(v, jnp.zeros((2, 3)), 1j * x[:, 0])
+  with pytest.raises(TypeError, match=rf"carry is complex.*{real}"):
+    cell.apply(v, jnp.zeros((2, 3)) + 1j, x[:, 0])
+  with pytest.raises(TypeError, match=rf"the recurrent kernel is complex.*{real}"):
+    cell.apply(jax.tree.map(lambda a: a * (1 + 0j), v), jnp.zeros((2, 3)), x[:, 0])
+  with pytest.raises(TypeError, match=real):  # flax's RNN runs the cell's own step
+    nn.RNN(cell).apply({"params": {"cell": v["params"]}}, 1j * x)
+  # A complex cell (complex param_dtype) with a complex-capable activation runs...
+  for act in ("identity", lambda a: a / (1.0 + jnp.abs(a))):
+    ccell = urnn_jax.OrthogonalRNNCell(3, activation=act, param_dtype=jnp.complex128)
+    assert ccell.supports_complex
+    cv = ccell.init(jax.random.key(0), jnp.zeros((2, 3), jnp.complex128), x[:, 0])
+    h, _ = ccell.apply(cv, jnp.zeros((2, 3), jnp.complex128), 1j * x[:, 0])
+    assert h.dtype == jnp.complex128
+  # ...one with a real-only activation is created (init only builds the parameters) but
+  # not applied: relu would compare complex numbers lexicographically.
+  rcell = urnn_jax.OrthogonalRNNCell(3, param_dtype=jnp.complex128)
+  rv = rcell.init(jax.random.key(0), jnp.zeros((2, 3), jnp.complex128), x[:, 0])
+  with pytest.raises(TypeError, match=r"OrthogonalRNNCell: .*complex.*the activation 'relu' is real-only"):
+    rcell.apply(rv, jnp.zeros((2, 3), jnp.complex128), x[:, 0])
+  # A third-party HoistableCell is real unless it opts in.
+  assert not _ScaledTanhCell(3).supports_complex
+
+  class ComplexScaledTanhCell(_ScaledTanhCell):
+    supports_complex = True
+
+  layer = urnn_jax.Recurrent(_ScaledTanhCell(3))
+  lv = layer.init(jax.random.key(0), x)
+  with pytest.raises(TypeError, match=r"Recurrent: x is complex.*_ScaledTanhCell is real"):
+    layer.apply(lv, 1j * x)
+  ys = urnn_jax.Recurrent(ComplexScaledTanhCell(3)).apply(lv, 1j * x)
+  assert ys.dtype == jnp.complex128
+
+
+def test_bad_sizes_fail_with_the_field_name():
+  x = jnp.ones((2, 4, 1))
+  for bad, error in ((-3, ValueError), (0, ValueError), (2.5, TypeError), (True, TypeError)):
+    for cls in (urnn_jax.RNNCell, urnn_jax.OrthogonalRNNCell):
+      pattern = rf"{cls.__name__}: features must be a positive int, got .*features={bad!r}"
+      with pytest.raises(error, match=pattern):  # Recurrent builds the carry first
+        urnn_jax.Recurrent(cls(bad)).init(jax.random.key(0), x)
+      with pytest.raises(error, match=pattern):
+        cls(bad).initialize_carry(jax.random.key(0), (2, 1))
+      with pytest.raises(error, match=pattern):
+        nn.RNN(cls(bad)).init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match=r"rebase: cell_params must be the parametrised cell's own sub-dict holding 'recurrent_generator'"):
+    urnn_jax.rebase({"recurrent_kernel": jnp.eye(2)}, {"base": jnp.eye(2)})

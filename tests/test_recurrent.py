@@ -339,3 +339,148 @@ def test_rnn_params_errors_name_the_problem():
   reg = urnn_jax.SequenceRegressor(urnn_jax.RNNCell(3), 2, use_bias=True)
   with pytest.raises(ValueError, match="read-out has a bias"):
     urnn_jax.to_rnn_params(reg.init(jax.random.key(0), x), reg)
+
+
+# ---------------------------------------------------------------------------
+# Issue 22: bad input gets a clear error naming the argument, never a silent
+# wrong answer. One test per class of bad input.
+# ---------------------------------------------------------------------------
+
+
+def test_integer_inputs_variables_and_carries_are_promoted():
+  big = 100_000
+  x_i = jnp.full((2, 4, 2), big, jnp.int32)
+  x_f = x_i.astype(jnp.float32)
+  layer = urnn_jax.Recurrent(urnn_jax.OrthogonalRNNCell(3, activation="identity"))
+  v = layer.init(jax.random.key(0), x_f)
+  v_int = jax.tree.map(lambda a: jnp.round(a * big).astype(jnp.int32), v)
+  v_flt = jax.tree.map(lambda a: a.astype(jnp.float32), v_int)
+  for variables, carry in ((v, None), (v_int, None), (v_int, jnp.zeros((2, 3), jnp.int32))):
+    ys = layer.apply(variables, x_i, initial_carry=carry)
+    assert ys.dtype == jnp.float32
+    ref = v if variables is v else v_flt
+    np.testing.assert_allclose(ys, layer.apply(ref, x_f), rtol=1e-6)
+  # A generic (flax) cell with an integer carry and inputs: a floating carry.
+  lstm = urnn_jax.Recurrent(nn.LSTMCell(3))
+  lv = lstm.init(jax.random.key(0), x_f)
+  carry = (jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3), jnp.int32))
+  np.testing.assert_array_equal(lstm.apply(lv, x_i, initial_carry=carry), lstm.apply(lv, x_f))
+  # from_rnn_params of integer params gives floating variables; the regressor then
+  # computes what the float params give.
+  theta_i = urnn_jax.RNNParams(3 * jnp.eye(2, dtype=jnp.int32), jnp.full((2, 2), big, jnp.int32),
+                               jnp.zeros(2, jnp.int32), jnp.ones((1, 2), jnp.int32),
+                               jnp.zeros(2, jnp.int32))
+  variables = urnn_jax.from_rnn_params(theta_i)
+  assert all(jnp.issubdtype(a.dtype, jnp.floating) for a in jax.tree.leaves(variables))
+  reg = urnn_jax.SequenceRegressor(urnn_jax.RNNCell(2, activation="identity"), 1)
+  np.testing.assert_allclose(reg.apply(variables, x_i), urnn_jax.simulate(theta_i, x_i, "identity"),
+                             rtol=1e-6)
+
+
+def test_real_cells_reject_complex_inputs_carries_and_variables(x64):
+  x = jnp.ones((2, 5, 2))
+  real = r"the cell (OrthogonalRNNCell|RNNCell) \(param_dtype=float32\) is real.*complex cell"
+  layer = urnn_jax.Recurrent(urnn_jax.OrthogonalRNNCell(3))
+  v = layer.init(jax.random.key(0), x)
+  for call, name in (
+      (lambda: layer.apply(v, 1j * x), "x"),
+      (lambda: layer.apply(v, x, initial_carry=jnp.zeros((2, 3)) + 1j), "initial_carry"),
+      (lambda: layer.apply(jax.tree.map(lambda a: a * (1 + 0j), v), x), "the cell's recurrent kernel"),
+      (lambda: jax.jit(layer.apply)(v, 1j * x), "x"),  # dtypes are checked under jit too
+  ):
+    with pytest.raises(TypeError, match=rf"Recurrent: {name}.* complex \(complex128\), but {real}"):
+      call()
+  for model in (urnn_jax.SequenceRegressor(urnn_jax.RNNCell(3), 2),
+                urnn_jax.LastStateClassifier(urnn_jax.RNNCell(3), 4)):
+    mv = model.init(jax.random.key(0), x)
+    with pytest.raises(TypeError, match=rf"Recurrent: x is complex.*{real}"):
+      model.apply(mv, 1j * x)
+  # A complex cell runs complex sequences (and equals its own step under flax's RNN),
+  # unless its activation is real-only.
+  ccell = urnn_jax.OrthogonalRNNCell(3, activation="identity", param_dtype=jnp.complex128)
+  cv = urnn_jax.Recurrent(ccell).init(jax.random.key(0), x)
+  ys = urnn_jax.Recurrent(ccell).apply(cv, 1j * x)
+  assert ys.dtype == jnp.complex128
+  np.testing.assert_allclose(ys, nn.RNN(ccell).apply(cv, 1j * x), rtol=0, atol=1e-12)
+  with pytest.raises(TypeError, match=r"Recurrent: .*complex.*the activation 'relu' is real-only"):
+    urnn_jax.Recurrent(urnn_jax.OrthogonalRNNCell(3, param_dtype=jnp.complex128)).init(
+        jax.random.key(0), x)
+
+
+def test_seq_lengths_out_of_range_are_rejected_when_concrete(x64):
+  cell = f64_cell(3, activation="tanh")
+  x = jax.random.normal(jax.random.key(30), (2, 4, 1), jnp.float64)
+  layer = urnn_jax.Recurrent(cell)
+  v = layer.init(jax.random.key(0), x)
+  reg = urnn_jax.SequenceRegressor(cell, 2)
+  rv = reg.init(jax.random.key(0), x)
+  clf = urnn_jax.LastStateClassifier(cell, 3)
+  cv = clf.init(jax.random.key(0), x)
+  hs = clf.apply(cv, x, method="hidden_states")
+  in_0_4 = r"seq_lengths must lie in \[0, 4\] \(T = 4 steps\)"
+  in_1_4 = r"seq_lengths must lie in \[1, 4\] \(T = 4 steps\)"
+  cases = [
+      (lambda l: layer.apply(v, x, seq_lengths=l), [[-1, 3], [2, 7]], rf"Recurrent: {in_0_4}"),
+      (lambda l: urnn_jax.Recurrent(cell, time_major=True).apply(v, jnp.swapaxes(x, 0, 1),
+                                                                 seq_lengths=l),
+       [[-1, 3], [2, 7]], rf"Recurrent: {in_0_4}"),
+      (lambda l: reg.apply(rv, x, seq_lengths=l), [[-1, 3], [2, 7]], rf"Recurrent: {in_0_4}"),
+      (lambda l: reg.apply(rv, hs, seq_lengths=l, method="outputs_from_states"), [[2, 9]],
+       rf"SequenceRegressor.outputs_from_states: {in_0_4}"),
+      (lambda l: clf.apply(cv, x, seq_lengths=l), [[0, 3], [-2, 3], [2, 7]],
+       rf"LastStateClassifier: {in_1_4}"),
+      (lambda l: clf.apply(cv, hs, seq_lengths=l, method="outputs_from_states"), [[0, 3], [2, 7]],
+       rf"LastStateClassifier.outputs_from_states: {in_1_4}"),
+  ]
+  for call, bads, pattern in cases:
+    for bad in bads:
+      with pytest.raises(ValueError, match=rf"{pattern}; got seq_lengths=\[{bad[0]}, {bad[1]}\]"):
+        call(jnp.array(bad))
+  with pytest.raises(TypeError, match="outputs_from_states: seq_lengths must be integers"):
+    clf.apply(cv, hs, seq_lengths=jnp.array([2.0, 3.0]), method="outputs_from_states")
+  with pytest.raises(ValueError, match=r"outputs_from_states: seq_lengths must have the batch shape \(2,\)"):
+    clf.apply(cv, hs, seq_lengths=jnp.array([2, 3, 1]), method="outputs_from_states")
+  # The limits themselves are valid; under jit traced lengths are not checked, and act
+  # as documented: Recurrent clamps to [0, T]; the classifier reads the last step for a
+  # length above T, and a zero state (logits = the head's bias) for one below 1.
+  jit_layer = jax.jit(lambda l: layer.apply(v, x, seq_lengths=l))
+  np.testing.assert_array_equal(jit_layer(jnp.array([-1, 9])),
+                                layer.apply(v, x, seq_lengths=jnp.array([0, 4])))
+  logits = jax.jit(lambda l: clf.apply(cv, x, seq_lengths=l))(jnp.array([0, 9]))
+  np.testing.assert_allclose(logits[1], clf.apply(cv, x)[1], rtol=0, atol=1e-12)
+  np.testing.assert_array_equal(logits[0], cv["params"]["head"]["bias"])
+
+
+def test_bad_head_sizes_and_empty_sequences():
+  x = jnp.ones((2, 4, 1))
+  for cls, field in ((urnn_jax.SequenceRegressor, "out_features"),
+                     (urnn_jax.LastStateClassifier, "num_classes")):
+    for bad, error in ((0, ValueError), (-1, ValueError), (2.0, TypeError), (True, TypeError)):
+      with pytest.raises(error, match=rf"{cls.__name__}: {field} must be a positive int, got .*{field}={bad!r}"):
+        cls(urnn_jax.RNNCell(3), bad).init(jax.random.key(0), x)
+    with pytest.raises(TypeError, match=rf"{cls.__name__}: cell must be a flax.linen.RNNCellBase, got Dense"):
+      cls(nn.Dense(3), 2).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"features must be a positive int, got features=-3"):
+      cls(urnn_jax.RNNCell(-3), 2).init(jax.random.key(0), x)
+  with pytest.raises(TypeError, match=r"Recurrent: unroll must be a positive int, got float: unroll=2.0"):
+    urnn_jax.Recurrent(urnn_jax.RNNCell(3), unroll=2.0).init(jax.random.key(0), x)
+  # T = 0: a classifier has no last step to read...
+  clf = urnn_jax.LastStateClassifier(urnn_jax.RNNCell(3), 2)
+  cv = clf.init(jax.random.key(0), x)
+  empty = jnp.ones((2, 0, 1))
+  with pytest.raises(ValueError, match=r"LastStateClassifier: x has T = 0 time steps \(shape \(2, 0, 1\)\)"):
+    clf.apply(cv, empty)
+  with pytest.raises(ValueError, match=r"outputs_from_states: hidden_states have T = 0 time steps"):
+    clf.apply(cv, jnp.ones((2, 0, 3)), method="outputs_from_states")
+  # ...while the layer (every path) and the regressor give empty outputs and h0.
+  for cell in (urnn_jax.RNNCell(3), nn.LSTMCell(3)):
+    for time_major in (False, True):
+      layer = urnn_jax.Recurrent(cell, time_major=time_major, return_carry=True)
+      xe = jnp.swapaxes(empty, 0, 1) if time_major else empty
+      v = layer.init(jax.random.key(0), xe)
+      carry, ys = layer.apply(v, xe)
+      assert ys.shape == ((0, 2, 3) if time_major else (2, 0, 3))
+      for c in jax.tree.leaves(carry):
+        np.testing.assert_array_equal(c, 0.0)
+  reg = urnn_jax.SequenceRegressor(urnn_jax.RNNCell(3), 2)
+  assert reg.apply(reg.init(jax.random.key(0), empty), empty).shape == (2, 0, 2)

@@ -230,3 +230,114 @@ def test_project_rows_values_and_gradients_match_the_matmul(x64):
   # float32 in, float32 gradients out.
   got32 = jax.grad(lambda w: jnp.sum(rnn.project_rows(x.astype(jnp.float32), w)))(w.astype(jnp.float32))
   assert got32.dtype == jnp.float32
+
+
+# ---------------------------------------------------------------------------
+# Issue 22: bad input gets a clear error naming the argument, never a silent
+# wrong answer. One test per class of bad input.
+# ---------------------------------------------------------------------------
+
+
+def test_integer_inputs_and_params_are_promoted_not_wrapped():
+  # Integer arithmetic wrapped around: 3 * 100000 * 100000 overflows int32.
+  big = 100_000
+  theta_i = urnn_jax.RNNParams(3 * jnp.eye(2, dtype=jnp.int32), jnp.full((2, 1), big, jnp.int32),
+                               jnp.zeros(2, jnp.int32), jnp.ones((1, 2), jnp.int32),
+                               jnp.zeros(2, jnp.int32))
+  theta_f = urnn_jax.RNNParams(*(a.astype(jnp.float32) for a in theta_i))
+  x_i = jnp.full((4, 1), big, jnp.int32)
+  want = urnn_jax.simulate(theta_f, x_i.astype(jnp.float32), "identity")
+  for theta, x in ((theta_i, x_i), (theta_f, x_i), (theta_i, x_i.astype(jnp.float32))):
+    y = urnn_jax.simulate(theta, x, "identity")
+    assert y.dtype == jnp.float32  # the default float dtype (no floating input at all: too)
+    np.testing.assert_array_equal(y, want)
+  kernel, z = 3 * jnp.eye(2, dtype=jnp.int32), jnp.full((5, 3, 2), big, jnp.int32)
+  want_hs = rnn.recurrence(kernel.astype(jnp.float32), z.astype(jnp.float32), jnp.zeros(2),
+                           "identity")[1]
+  for batch_major in (False, True):
+    zz = jnp.swapaxes(z, 0, 1) if batch_major else z
+    _, hs = rnn.recurrence(kernel, zz, jnp.zeros(2, jnp.int32), "identity",
+                           bias=jnp.zeros(2, jnp.int32), batch_major=batch_major)
+    assert hs.dtype == jnp.float32
+    np.testing.assert_array_equal(jnp.swapaxes(hs, 0, 1) if batch_major else hs, want_hs)
+  # Booleans too; and RNNParams.create builds floating params from integers.
+  assert rnn.recurrence(kernel, z > 0, jnp.zeros(2, bool))[1].dtype == jnp.float32
+  created = urnn_jax.RNNParams.create(W=jnp.eye(2, dtype=jnp.int32), F=jnp.ones((2, 1), jnp.int32))
+  assert all(v.dtype == jnp.float32 for v in created)
+  # Float inputs keep their dtype (x64 off: float32) -- nothing changes for them.
+  assert urnn_jax.simulate(theta_f, x_i.astype(jnp.float32)).dtype == jnp.float32
+
+
+def test_complex_needs_a_complex_capable_activation(x64):
+  theta = urnn_jax.RNNParams.create(W=0.5 * jnp.eye(3), F=jnp.ones((3, 2)), C=jnp.ones((2, 3)))
+  x = jnp.ones((2, 4, 2))
+  z = jnp.ones((4, 2, 3))
+  hint = r"complex cell"
+  for act in ("relu", "leaky_relu", "abs", jax.nn.relu):
+    name = act if isinstance(act, str) else "relu"
+    with pytest.raises(TypeError, match=rf"simulate: x is complex \(complex128\), but the activation '{name}' is real-only.*{hint}"):
+      urnn_jax.simulate(theta, 1j * x, act)
+  with pytest.raises(TypeError, match=r"simulate: params.W is complex.*'relu' is real-only"):
+    urnn_jax.simulate(theta._replace(W=theta.W * (1 + 1j)), x)
+  real = dict(kernel=jnp.eye(3), z=z, h0=jnp.zeros(3), bias=None)
+  for name, value in (("kernel", 1j * jnp.eye(3)), ("z", 1j * z), ("h0", jnp.zeros(3) + 1j),
+                      ("bias", 1j * jnp.ones(3))):
+    a = dict(real, **{name: value})
+    for batch_major in (False, True):
+      zz = jnp.swapaxes(a["z"], 0, 1) if batch_major else a["z"]
+      with pytest.raises(TypeError, match=rf"recurrence: {name} is complex.*'relu' is real-only"):
+        rnn.recurrence(a["kernel"], zz, a["h0"], "relu", bias=a["bias"], batch_major=batch_major)
+  # The hook: complex-capable activations run (the complex answer), and a callable
+  # may opt out with supports_complex = False.
+  assert [rnn.supports_complex(a) for a in ("relu", "leaky_relu", "abs", "identity", "tanh",
+                                            "sigmoid")] == [False] * 3 + [True] * 3
+  y = urnn_jax.simulate(theta, 1j * x, "identity")
+  np.testing.assert_allclose(y, 1j * urnn_jax.simulate(theta, x, "identity"), rtol=0, atol=1e-12)
+  modrelu = lambda a: a / (1.0 + jnp.abs(a))
+  assert jnp.iscomplexobj(rnn.recurrence(0.5j * jnp.eye(3), z, jnp.zeros(3), modrelu)[1])
+
+  def real_only(a):
+    return jnp.maximum(a, 0.0)
+
+  real_only.supports_complex = False
+  assert not rnn.supports_complex(real_only)
+  with pytest.raises(TypeError, match=r"activation real_only is real-only"):
+    rnn.recurrence(jnp.eye(3), 1j * z, jnp.zeros(3), real_only)
+
+
+def test_lengths_must_be_integers_of_the_batch_shape():
+  z = jnp.ones((4, 2, 3))
+  zb = jnp.swapaxes(z, 0, 1)
+  for bm, zz in ((False, z), (True, zb)):
+    for bad in (jnp.array([1.5, 2.0]), jnp.array([True, False])):
+      with pytest.raises(TypeError, match=r"recurrence: lengths must be integers, got dtype"):
+        rnn.recurrence(jnp.eye(3), zz, jnp.zeros(3), lengths=bad, batch_major=bm)
+    with pytest.raises(ValueError, match=r"lengths must have the batch shape \(2,\), got shape \(3,\)"):
+      rnn.recurrence(jnp.eye(3), zz, jnp.zeros(3), lengths=jnp.array([1, 2, 3]), batch_major=bm)
+    # The kernel defines every integer length (step k valid iff k < length; the layers
+    # reject values outside [0, T]): below 0 acts as 0, above T as T, jit or not.
+    ok = rnn.recurrence(jnp.eye(3), zz, jnp.zeros(3), lengths=jnp.array([0, 4]), batch_major=bm)
+    for run in (rnn.recurrence, jax.jit(rnn.recurrence, static_argnames="batch_major")):
+      out = run(jnp.eye(3), zz, jnp.zeros(3), lengths=jnp.array([-3, 9]), batch_major=bm)
+      for a, b in zip(ok, out):
+        np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match=r"batch shape \(2,\), got shape \(3, 2\)"):
+    rnn.recurrence(jnp.eye(3), z, jnp.zeros(3), lengths=jnp.ones((3, 2), int))
+
+
+def test_sizes_and_counts_must_be_positive_ints():
+  theta = urnn_jax.RNNParams.create(W=0.5 * jnp.eye(2), F=jnp.ones((2, 1)))
+  z = jnp.ones((3, 2))
+  for bad, error in ((0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)):
+    with pytest.raises(error, match=rf"simulate: unroll must be a positive int, got .*unroll={bad!r}"):
+      urnn_jax.simulate(theta, jnp.ones((3, 1)), unroll=bad)
+    for bm in (False, True):
+      with pytest.raises(error, match=rf"recurrence: unroll must be a positive int, got .*unroll={bad!r}"):
+        rnn.recurrence(jnp.eye(2), z[:, None] if not bm else z[None], jnp.zeros(2), unroll=bad,
+                       batch_major=bm)
+  with pytest.raises(ValueError, match=r"RNNParams.W must be square \(n, n\) with n >= 1, got shape \(0, 0\)"):
+    urnn_jax.RNNParams.create(W=jnp.zeros((0, 0)), F=jnp.zeros((0, 1)))
+  with pytest.raises(ValueError, match=r"h0 must be broadcastable to the state shape \(\*batch, n\) = \(2, 2\)"):
+    rnn.recurrence(jnp.eye(2), jnp.ones((3, 2, 2)), jnp.zeros((3, 2)))
+  # T = 0 is a valid, empty sequence.
+  assert urnn_jax.simulate(theta, jnp.ones((0, 1))).shape == (0, 2)

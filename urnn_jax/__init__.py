@@ -5,7 +5,8 @@ The public API, by name:
 * the paper's model as a pure function: :class:`RNNParams`, :func:`simulate`;
 * Flax cells and the fast sequence layer: :class:`RNNCell`,
   :class:`OrthogonalRNNCell`, :class:`HoistableCell` (the fast-cell protocol's
-  base class, for third-party cells), :class:`Recurrent`,
+  base class, for third-party cells), :class:`UnitaryGRUCell` (the uGRU) and
+  :class:`HoistableGatedCell` (the gated cells' fast path), :class:`Recurrent`,
   :class:`SequenceRegressor`, :class:`LastStateClassifier`,
   :func:`to_rnn_params`, :func:`from_rnn_params`;
 * submodules: :mod:`urnn_jax.orthogonal` (matrix maps),
@@ -20,6 +21,8 @@ from urnn_jax.cells import HoistableCell
 from urnn_jax.cells import OrthogonalRNNCell
 from urnn_jax.cells import RNNCell
 from urnn_jax.cells import rebase
+from urnn_jax.gated import HoistableGatedCell
+from urnn_jax.gated import UnitaryGRUCell
 from urnn_jax.recurrent import LastStateClassifier
 from urnn_jax.recurrent import Recurrent
 from urnn_jax.recurrent import SequenceRegressor
@@ -37,12 +40,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATIONS",
     "HoistableCell",
+    "HoistableGatedCell",
     "LastStateClassifier",
     "OrthogonalRNNCell",
     "RNNCell",
     "RNNParams",
     "Recurrent",
     "SequenceRegressor",
+    "UnitaryGRUCell",
     "check_params",
     "from_rnn_params",
     "get_activation",

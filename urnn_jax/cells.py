@@ -45,6 +45,12 @@ and providing:
   recurrence's custom VJP (see :func:`urnn_jax.recurrence`).
 * ``initialize_carry(rng, input_shape)`` (required by
   :class:`flax.linen.RNNCellBase`): the ``input_shape[:-1] + (n,)`` state.
+* ``supports_complex`` (optional; default ``False``): the complex hook. A
+  real cell (the default) gets a TypeError for complex inputs, states or
+  parameters, in :class:`urnn_jax.Recurrent` and in its own step; a complex
+  cell opts in by setting ``supports_complex = True`` (a class attribute, or a
+  property), and its activation must accept complex numbers too
+  (:func:`urnn_jax.rnn.supports_complex`: not relu, leaky_relu or abs).
 
 :class:`HoistableCell` supplies ``__call__(carry, inputs)`` (one step, built
 from the same pieces, so ``flax.linen.RNN(cell)`` and the layer's generic
@@ -57,6 +63,18 @@ activation parameters) may define ``rnn_params()`` returning
 :class:`urnn_jax.RNNParams` with C = I, h0 = 0 (as :class:`RNNCell` and
 :class:`OrthogonalRNNCell` do); :func:`urnn_jax.to_rnn_params` and the
 layers' ``rnn_params()`` use it.
+
+Input checks (see :mod:`urnn_jax.rnn`): the eq. (1) cells check their fields
+at their first use, ``setup`` or ``initialize_carry`` (``features`` a
+positive int, a known activation, a floating or complex ``param_dtype`` /
+``dtype``, a known parametrisation), before any shape is built from them,
+so a bad cell fails with the field's name. Integer or boolean
+inputs (and integer variables) are promoted to floating, never run as
+integers. A cell is complex exactly when its ``param_dtype`` or ``dtype`` is;
+a real cell rejects complex inputs, carries and variables (TypeError), and a
+real-only activation (relu, leaky_relu, abs) applied to complex numbers
+raises TypeError when the cell is applied (``cell.init``, which only creates
+the parameters, does not check the activation).
 
 Parameter layout (row-vector / Flax convention)::
 
@@ -77,7 +95,8 @@ import jax.numpy as jnp
 
 from urnn_jax import initializers as inits
 from urnn_jax import orthogonal
-from urnn_jax.rnn import Activation, RNNParams, check_params, get_activation, project_rows
+from urnn_jax.rnn import (Activation, RNNParams, as_floating, check_complex, check_params,
+                          check_positive_int, floating_dtype, get_activation, project_rows)
 
 Initializer = Callable[..., jax.Array]
 
@@ -102,9 +121,19 @@ class _InputProjection(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (jnp.shape(x)[-1], self.features),
                         self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    # flax's promotion is inexact: integer x (or variables) become floating.
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = project_rows(x, kernel) if custom_gradient else x @ kernel
     return (y, bias) if separate_bias else y + bias
+
+
+def _checked_step_inputs(cell, carry, inputs, kernel):
+  """``(carry, kernel)`` of one step: complex ones checked against the cell (and, once
+  the parameters exist, its activation); integer ones promoted. Trace time only."""
+  check_complex(type(cell).__name__, {"carry": carry, "inputs": inputs, "the recurrent kernel": kernel},
+                cell=cell, activation=None if cell.is_initializing() else cell.activation_fn)
+  dtype = floating_dtype(carry, kernel)
+  return as_floating(carry, dtype), as_floating(kernel, dtype)
 
 
 class HoistableCell(nn.RNNCellBase):
@@ -114,8 +143,10 @@ class HoistableCell(nn.RNNCellBase):
   contract): a subclass implements ``project_inputs(x, *,
   custom_gradient=False, separate_bias=False)``, ``transition_kernel()``,
   ``activation_fn`` and ``initialize_carry(rng, input_shape)``, and may
-  override ``activation_params()`` (default ``None``). This class has no
-  fields and provides ``__call__`` (one step) and ``num_feature_axes``.
+  override ``activation_params()`` (default ``None``) and
+  ``supports_complex`` (default ``False``: a real cell; ``True`` opts in to
+  complex inputs, states and parameters). This class has no fields and
+  provides ``__call__`` (one step) and ``num_feature_axes``.
 
   Example (a cell with a learned real modReLU bias,
   phi(a) = sign(a) relu(|a| + b)):
@@ -168,9 +199,21 @@ class HoistableCell(nn.RNNCellBase):
     """The activation's parameters (a pytree), or ``None`` (default): phi(a) alone."""
     return None
 
+  @property
+  def supports_complex(self) -> bool:
+    """Whether the cell runs on complex numbers (the complex hook; default ``False``).
+
+    A real cell's layer and step raise TypeError for complex inputs, carries
+    or variables. A complex cell sets ``supports_complex = True`` (or
+    overrides this property); its ``activation_fn`` must then accept complex
+    numbers (:func:`urnn_jax.rnn.supports_complex`).
+    """
+    return False
+
   def __call__(self, carry, inputs):
     """One step: returns ``(h, h)`` with h = phi(carry K + inputs F^T + b [, p])."""
     k = self.transition_kernel()
+    carry, k = _checked_step_inputs(self, carry, inputs, k)
     a = carry @ k + self.project_inputs(inputs)
     params = self.activation_params()
     h = self.activation_fn(a) if params is None else self.activation_fn(a, params)
@@ -193,12 +236,31 @@ class _Eq1Cell(HoistableCell):
   param_dtype: Any = jnp.float32
 
   def _check(self):
-    if not isinstance(self.features, int) or isinstance(self.features, bool) or self.features < 1:
-      raise ValueError(
-          f"{type(self).__name__}: features must be a positive int, got"
-          f" {self.features!r}."
-      )
+    """The fields' checks: at the cell's first use (``setup`` and ``initialize_carry``,
+    which :class:`urnn_jax.Recurrent` calls first), before any shape is built."""
+    where = type(self).__name__
+    check_positive_int(where, "features", self.features)
     get_activation(self.activation)
+    for name in ("param_dtype", "dtype"):
+      value = getattr(self, name)
+      if value is None and name == "dtype":
+        continue
+      try:
+        dtype = jnp.dtype(value)
+      except TypeError:
+        dtype = None
+      if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+        shown = value if dtype is None else dtype.name
+        raise TypeError(
+            f"{where}: {name} must be a floating or complex dtype (e.g. jnp.float32), got"
+            f" {name}={shown!r}; an integer dtype would run the recurrence in integer arithmetic."
+        )
+
+  @property
+  def supports_complex(self) -> bool:
+    """A complex cell: its ``param_dtype`` or ``dtype`` is complex (see :class:`HoistableCell`)."""
+    return any(d is not None and jnp.issubdtype(jnp.dtype(d), jnp.complexfloating)
+               for d in (self.param_dtype, self.dtype))
 
   def setup(self):
     self._check()
@@ -234,6 +296,7 @@ class _Eq1Cell(HoistableCell):
   def __call__(self, carry, inputs):
     """One step: returns ``(h, h)`` with h = phi(carry K + inputs F^T + b)."""
     k = self.transition_kernel()
+    carry, k = _checked_step_inputs(self, carry, inputs, k)
     h = self.activation_fn(carry @ k + self.project_inputs(inputs))
     return h, h
 
@@ -257,6 +320,7 @@ class _Eq1Cell(HoistableCell):
   @nn.nowrap
   def initialize_carry(self, rng, input_shape):
     """A zero (by ``carry_init``) state of shape ``input_shape[:-1] + (features,)``."""
+    self._check()
     return self.carry_init(rng, tuple(input_shape[:-1]) + (self.features,), self.param_dtype)
 
 
@@ -334,6 +398,14 @@ class OrthogonalRNNCell(_Eq1Cell):
   parametrization: str | None = None
   generator_init: Initializer = nn.initializers.zeros_init()
 
+  def _check(self):
+    super()._check()
+    if self.parametrization is not None and self.parametrization not in PARAMETRIZATIONS:
+      raise ValueError(
+          f"OrthogonalRNNCell: parametrization={self.parametrization!r} is not"
+          f" supported; expected None or one of {PARAMETRIZATIONS}."
+      )
+
   def _setup_recurrent(self):
     shape = (self.features, self.features)
     if self.parametrization is None:
@@ -341,11 +413,6 @@ class OrthogonalRNNCell(_Eq1Cell):
           "recurrent_kernel", self.recurrent_kernel_init, shape, self.param_dtype
       )
       return
-    if self.parametrization not in PARAMETRIZATIONS:
-      raise ValueError(
-          f"OrthogonalRNNCell: parametrization={self.parametrization!r} is not"
-          f" supported; expected None or one of {PARAMETRIZATIONS}."
-      )
     self.recurrent_generator = self.param(
         "recurrent_generator", self.generator_init, shape, self.param_dtype
     )
@@ -377,6 +444,13 @@ def rebase(cell_params: dict, cell_constants: dict, parametrization: str = "expm
     raise ValueError(
         f"rebase: parametrization={parametrization!r}; expected one of {PARAMETRIZATIONS}."
     )
+  for name, tree, key in (("cell_params", cell_params, "recurrent_generator"),
+                          ("cell_constants", cell_constants, "base")):
+    if not hasattr(tree, "keys") or key not in tree:
+      raise ValueError(
+          f"rebase: {name} must be the parametrised cell's own sub-dict holding {key!r}, got"
+          f" {sorted(tree) if hasattr(tree, 'keys') else type(tree).__name__}."
+      )
   a = orthogonal.skew(cell_params["recurrent_generator"])
   m = orthogonal.expm_skew(a) if parametrization == "expm" else orthogonal.cayley(a)
   params = dict(cell_params, recurrent_generator=jnp.zeros_like(a))

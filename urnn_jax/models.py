@@ -33,6 +33,11 @@ optimised.
 ``contrnn``            :class:`~urnn_jax.RNNCell` with the singular values of
                        W clipped to ``contraction`` after each step.
 ``lstm``, ``gru``      flax's ``LSTMCell`` / ``GRUCell``.
+``ugru``               :class:`~urnn_jax.UnitaryGRUCell`: flax's GRU with the
+                       candidate matrix W_hn orthogonal, kept by
+                       ``constraint`` (as ``urnn``); gates free. (The
+                       parametrised uGRU, ``UnitaryGRUCell(n,
+                       parametrization="expm")``, is not an entry yet.)
 =====================  ======================================================
 """
 
@@ -48,6 +53,7 @@ import optax
 from urnn_jax import initializers as inits
 from urnn_jax import optim
 from urnn_jax.cells import OrthogonalRNNCell, RNNCell
+from urnn_jax.gated import UnitaryGRUCell
 from urnn_jax.rnn import ACTIVATIONS
 
 # Initialisers of a free RNN's W, by name.
@@ -112,7 +118,9 @@ class ModelSpec(NamedTuple):
       matrix (its own learning rate applies), converts to
       :class:`~urnn_jax.RNNParams`, and the gradient diagnostics apply.
     orthogonal: W is orthogonal (by constraint or parametrisation); the
-      paper's "adjusted" hidden size of such a model is n / 2.
+      paper's "adjusted" hidden size of such a model is n / 2 (Theorem 3.1,
+      an eq. (1) result: ``ugru``, whose W_hn is orthogonal but whose gates
+      are free, is marked False and compared at the same n).
     description: one line for tables.
   """
 
@@ -166,6 +174,11 @@ MODELS: dict[str, ModelSpec] = {
         "ContRNN: singular values of W clipped to <= contraction after each step"),
     "lstm": ModelSpec(lambda o: nn.LSTMCell(o.hidden), None, False, False, "LSTM"),
     "gru": ModelSpec(lambda o: nn.GRUCell(o.hidden), None, False, False, "GRU"),
+    # The uGRU ignores ``activation`` (its gates are sigmoid, its candidate tanh, as the GRU's).
+    "ugru": ModelSpec(
+        lambda o: UnitaryGRUCell(o.hidden),
+        lambda o: orthogonal_constraint(o.constraint, reproject_every=o.reproject_every),
+        False, False, "uGRU: GRU with W_hn orthogonal, kept by the constraint (SVD projection by default)"),
 }
 
 

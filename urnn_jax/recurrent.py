@@ -16,6 +16,11 @@ work out of ``lax.scan``:
    run in the input's own layout: batch-major inputs are read and the states
    written step by step in place, with no (T, B, n) transposes.
 
+A :class:`~urnn_jax.gated.HoistableGatedCell` (:class:`~urnn_jax.UnitaryGRUCell`)
+gets the same treatment for gates: all gates' input projections in one matmul,
+the recurrent weights built once, and a plain ``lax.scan`` over the recurrent
+part (:func:`urnn_jax.gated.gated_recurrence`; autodiff, no custom VJP).
+
 Other cells (flax's ``LSTMCell``, ``GRUCell``, ...) are scanned with
 ``flax.linen.scan`` exactly as ``flax.linen.RNN`` does, so every baseline
 goes through the same layer with the same options.
@@ -37,7 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from urnn_jax.cells import HoistableCell
-from urnn_jax.rnn import RNNParams, check_params, recurrence
+from urnn_jax.gated import HoistableGatedCell, gated_recurrence
+from urnn_jax.rnn import (RNNParams, as_floating, check_complex, check_lengths, check_params,
+                          check_positive_int, floating_dtype, recurrence)
 
 
 def _is_hoistable(cell) -> bool:
@@ -72,9 +79,20 @@ class Recurrent(nn.Module):
   ``__call__(x, *, initial_carry=None, seq_lengths=None)`` returns the
   outputs, ``(*batch, T, n)`` (time-major: ``(T, *batch, n)``), or
   ``(carry, outputs)`` with ``return_carry``. With ``seq_lengths`` (int,
-  shape ``batch``), the carry is frozen once a sequence has ended, so the
-  returned carry is the state at its last valid step, and outputs past the end
-  are zero.
+  shape ``batch``, values in ``[0, T]``), the carry is frozen once a sequence
+  has ended, so the returned carry is the state at its last valid step, and
+  outputs past the end are zero (a length 0 keeps the initial carry). A
+  sequence of T = 0 steps gives empty outputs and the initial carry.
+
+  Input checks: concrete ``seq_lengths`` outside ``[0, T]`` raise
+  ValueError, non-integer ones TypeError. Under ``jit`` traced lengths
+  cannot be checked (that would need ``jax.experimental.checkify``): a length
+  below 0 then acts as 0 and one above T as T. Integer or boolean ``x`` (or
+  carry) is promoted to floating, never run as integers. A real cell (one
+  whose ``supports_complex`` is False, e.g. :class:`OrthogonalRNNCell` with a
+  real ``param_dtype``) raises TypeError for complex ``x``, carry or
+  variables, and so does a real-only activation (relu, leaky_relu, abs) of a
+  complex cell; flax's cells are not checked. ``unroll`` must be a positive int.
 
   ``rnn_params()`` (``layer.apply(variables, method="rnn_params")``) gives the
   eq. (1) parameters of an eq. (1) cell, with C = I and h0 the learned
@@ -109,24 +127,15 @@ class Recurrent(nn.Module):
           f"Recurrent: x must have shape {'(T, ..., m)' if self.time_major else '(..., T, m)'}"
           f" (at least rank 2), got shape {x.shape}."
       )
-    if not isinstance(self.unroll, int) or self.unroll < 1:
-      raise ValueError(f"Recurrent: unroll must be a positive int, got {self.unroll!r}.")
+    check_positive_int("Recurrent", "unroll", self.unroll)
     if not isinstance(self.custom_gradient, bool):
       raise TypeError(
           f"Recurrent: custom_gradient must be a bool, got {self.custom_gradient!r}."
       )
     batch_shape = x.shape[1:-1] if self.time_major else x.shape[:-2]
-    if seq_lengths is not None:
-      seq_lengths = jnp.asarray(seq_lengths)
-      if seq_lengths.shape != batch_shape:
-        raise ValueError(
-            f"Recurrent: seq_lengths must have the batch shape {batch_shape},"
-            f" got shape {seq_lengths.shape}."
-        )
-      if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
-        raise TypeError(
-            f"Recurrent: seq_lengths must be integers, got dtype {seq_lengths.dtype}."
-        )
+    if seq_lengths is not None:  # integers in [0, T] (values checked when concrete)
+      seq_lengths = check_lengths("Recurrent", "seq_lengths", seq_lengths,
+                                  x.shape[0] if self.time_major else x.shape[-2], batch_shape)
 
     carry_shape = batch_shape + x.shape[-1:]
     if initial_carry is None:
@@ -141,10 +150,15 @@ class Recurrent(nn.Module):
             lambda c, p: jnp.broadcast_to(p.astype(c.dtype), c.shape), initial_carry, h0
         )
 
+    # A real cell (supports_complex False) takes no complex x or carry; cells without
+    # the hook (flax's) are not checked.
+    given_carry = initial_carry
+    check_complex("Recurrent", {"x": x, "initial_carry": given_carry}, cell=self.cell)
     # The carry takes the promoted dtype of inputs and carry (float64 inputs
-    # through float32 cells give float64 states, as the cell's output does).
+    # through float32 cells give float64 states, as the cell's output does);
+    # integer inputs and carries give a floating carry, never an integer one.
     initial_carry = jax.tree.map(
-        lambda c: jnp.asarray(c, jnp.result_type(c, x.dtype)), initial_carry
+        lambda c: jnp.asarray(c, floating_dtype(c, x.dtype)), initial_carry
     )
     if _is_hoistable(self.cell):
       # In the input's own layout: a batch-major x needs no transposes.
@@ -152,6 +166,12 @@ class Recurrent(nn.Module):
           x, custom_gradient=self.custom_gradient, separate_bias=True)
       kernel = self.cell.transition_kernel()  # built once per call
       activation_params = self.cell.activation_params()  # None: phi(a) alone
+      check_complex(  # complex variables of a real cell; complex numbers and the activation
+          "Recurrent",
+          {"x": x, "initial_carry": given_carry, "the cell's recurrent kernel": kernel,
+           "the cell's input projection": None if jnp.iscomplexobj(x) else z,
+           "the cell's bias": bias, "the cell's activation_params": activation_params},
+          cell=self.cell, activation=self.cell.activation_fn)
       carry, ys = recurrence(
           kernel,
           z,
@@ -164,6 +184,12 @@ class Recurrent(nn.Module):
           batch_major=not self.time_major,
           activation_params=activation_params,
       )
+    elif isinstance(self.cell, HoistableGatedCell):
+      # Gated cells (urnn_jax.gated): every gate's input projection in one matmul, the
+      # recurrent weights (a parametrised W included) built once, the loop only h's part.
+      carry, ys = gated_recurrence(
+          self.cell.step_fn, self.cell.recurrent_weights(), self.cell.project_inputs(x),
+          initial_carry, lengths=seq_lengths, time_major=self.time_major, unroll=self.unroll)
     else:
       xt = x if self.time_major else jnp.moveaxis(x, -2, 0)  # (T, *batch, m)
       carry, ys = self._generic_scan(xt, initial_carry, seq_lengths)
@@ -229,6 +255,24 @@ class Recurrent(nn.Module):
     return scan(self.cell, carry, (xt, valid))
 
 
+def _check_head(where: str, cell, count_name: str, count) -> None:
+  """A head's fields, at its first use: an RNNCellBase cell and a positive-int count."""
+  if not isinstance(cell, nn.RNNCellBase):
+    raise TypeError(
+        f"{where}: cell must be a flax.linen.RNNCellBase, got {type(cell).__name__}."
+    )
+  check_positive_int(where, count_name, count)
+
+
+def _states_shape(where: str, hidden_states) -> tuple:
+  shape = jnp.shape(hidden_states)
+  if len(shape) < 2:
+    raise ValueError(
+        f"{where}: hidden_states must have shape (*batch, T, n), got shape {shape}."
+    )
+  return shape
+
+
 class SequenceRegressor(nn.Module):
   """Sequence-to-sequence regression, y(k) = C h(k) (the paper's Figs 2 and 3).
 
@@ -249,12 +293,16 @@ class SequenceRegressor(nn.Module):
   ``model.apply(variables, method=lambda m: m.rnn.rnn_params())``).
 
   Attributes:
-    cell: the recurrent cell.
-    out_features: p.
+    cell: the recurrent cell (a ``flax.linen.RNNCellBase``).
+    out_features: p, a positive int.
     use_bias: add a bias to the read-out (the paper has none).
     learn_initial_carry: learn h(-1).
     unroll: scan unroll.
     custom_gradient: see :class:`Recurrent` (``False`` for forward mode).
+
+  The fields are checked at the first call (``init``): TypeError for a
+  non-cell or a non-int ``out_features``, ValueError below 1. ``seq_lengths``
+  is checked as in :class:`Recurrent` (integers in ``[0, T]`` when concrete).
   """
 
   cell: nn.RNNCellBase
@@ -265,6 +313,7 @@ class SequenceRegressor(nn.Module):
   custom_gradient: bool = True
 
   def setup(self):
+    _check_head("SequenceRegressor", self.cell, "out_features", self.out_features)
     # Submodule names (and so the parameter tree) are "rnn" and "readout".
     self.rnn = Recurrent(
         self.cell.clone(parent=None),
@@ -289,9 +338,12 @@ class SequenceRegressor(nn.Module):
   def outputs_from_states(self, hidden_states, *, seq_lengths=None):
     """The read-out y(k) = C h(k) (+ bias) of states ``(*batch, T, n)``: ``(*batch, T, p)``.
 
-    ``seq_lengths`` is unused (see the class docstring).
+    ``seq_lengths`` is unused (see the class docstring), but checked when given.
     """
-    del seq_lengths
+    if seq_lengths is not None:
+      shape = _states_shape("SequenceRegressor.outputs_from_states", hidden_states)
+      check_lengths("SequenceRegressor.outputs_from_states", "seq_lengths", seq_lengths,
+                    shape[-2], shape[:-2])
     return self.readout(hidden_states)
 
   def rnn_params(self) -> RNNParams:
@@ -326,10 +378,19 @@ class LastStateClassifier(nn.Module):
   only the last step and has a bias, is not eq. (1)'s C).
 
   Attributes:
-    cell: the recurrent cell.
-    num_classes: number of logits.
+    cell: the recurrent cell (a ``flax.linen.RNNCellBase``).
+    num_classes: number of logits, a positive int.
     unroll: scan unroll.
     custom_gradient: see :class:`Recurrent` (``False`` for forward mode).
+
+  Input checks: the fields at the first call (``init``): TypeError for a
+  non-cell or a non-int ``num_classes``, ValueError below 1. A sequence needs
+  a last step: T = 0 raises ValueError, and ``seq_lengths`` must be integers
+  in ``[1, T]`` (ValueError for concrete values outside; TypeError for
+  non-integers). Under ``jit`` traced lengths cannot be checked (that would
+  need ``jax.experimental.checkify``): a length below 1 then reads a zero
+  state (the layer outputs zeros for an empty sequence), so the logits are
+  the head's bias, and one above T reads the last step's state.
   """
 
   cell: nn.RNNCellBase
@@ -338,6 +399,7 @@ class LastStateClassifier(nn.Module):
   custom_gradient: bool = True
 
   def setup(self):
+    _check_head("LastStateClassifier", self.cell, "num_classes", self.num_classes)
     # Submodule names (and so the parameter tree) are "rnn" and "head".
     self.rnn = Recurrent(self.cell.clone(parent=None), unroll=self.unroll,
                          custom_gradient=self.custom_gradient)
@@ -348,6 +410,15 @@ class LastStateClassifier(nn.Module):
     )
 
   def __call__(self, x, *, seq_lengths=None):
+    shape = jnp.shape(x)
+    if len(shape) >= 2 and shape[-2] == 0:
+      raise ValueError(
+          f"LastStateClassifier: x has T = 0 time steps (shape {shape}); the classifier reads"
+          " each sequence's last step, so it needs T >= 1."
+      )
+    if seq_lengths is not None and len(shape) >= 2:  # named here, with the classifier's range
+      seq_lengths = check_lengths("LastStateClassifier", "seq_lengths", seq_lengths, shape[-2],
+                                  shape[:-2], minimum=1)
     hs = self.hidden_states(x, seq_lengths=seq_lengths)
     return self.outputs_from_states(hs, seq_lengths=seq_lengths)
 
@@ -356,12 +427,24 @@ class LastStateClassifier(nn.Module):
     return self.rnn(x, seq_lengths=seq_lengths)
 
   def outputs_from_states(self, hidden_states, *, seq_lengths=None):
-    """Logits ``(*batch, num_classes)`` from the state at each sequence's last valid step."""
+    """Logits ``(*batch, num_classes)`` from the state at each sequence's last valid step.
+
+    ``seq_lengths``: integers in ``[1, T]`` (see the class docstring).
+    """
+    where = "LastStateClassifier.outputs_from_states"
     hs = hidden_states
+    shape = _states_shape(where, hs)
+    if shape[-2] == 0:
+      raise ValueError(
+          f"{where}: hidden_states have T = 0 time steps (shape {shape}); there is no last"
+          " step to classify from (T >= 1 needed)."
+      )
     if seq_lengths is None:
       last = hs[..., -1, :]
     else:
-      idx = jnp.clip(jnp.asarray(seq_lengths) - 1, 0, hs.shape[-2] - 1)
+      seq_lengths = check_lengths(where, "seq_lengths", seq_lengths, shape[-2], shape[:-2],
+                                  minimum=1)
+      idx = jnp.clip(seq_lengths - 1, 0, hs.shape[-2] - 1)  # traced lengths: clamped
       last = jnp.take_along_axis(hs, idx[..., None, None], axis=-2)[..., 0, :]
     return self.head(last)
 
@@ -471,9 +554,12 @@ def from_rnn_params(params: RNNParams, *, learn_initial_carry: bool | None = Non
   ``h0`` is stored as the learnable ``initial_carry``; pass
   ``learn_initial_carry=True`` to the regressor when h0 is nonzero (by
   default it is included only when h0 != 0, and then the regressor must be
-  built with ``learn_initial_carry=True``).
+  built with ``learn_initial_carry=True``). Integer or boolean fields become
+  floating (:func:`urnn_jax.rnn.floating_dtype` of all fields).
   """
   check_params(params)
+  dtype = floating_dtype(*params)
+  params = RNNParams(*(as_floating(v, dtype) for v in params))
   rnn: dict[str, Any] = {
       "cell": {
           "input": {"kernel": params.F.T, "bias": params.b},

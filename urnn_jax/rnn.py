@@ -16,6 +16,37 @@ activation is called as ``phi(a, p)``, e.g. a real modReLU
 differentiable input of the custom VJP: its gradient is the per-step VJP of
 phi with respect to ``p``, summed over the steps (masked steps contribute
 nothing). Without ``activation_params`` (the default) nothing of this runs.
+
+Input checks (shared with :mod:`urnn_jax.cells` and :mod:`urnn_jax.recurrent`):
+bad input raises ValueError or TypeError naming the argument, its value and
+what was expected.
+
+* Dtypes: a recurrence computes in JAX's promoted dtype of its floating
+  arguments; integer and boolean arrays are accepted and take that dtype, and
+  when no argument is floating the default float dtype (float32, float64
+  with ``jax_enable_x64``) is used: never integer arithmetic, which would
+  wrap around (:func:`floating_dtype`). Complex arrays are accepted only where
+  complex numbers are supported, else TypeError: by the activation here
+  (:func:`supports_complex`: ``relu``, ``leaky_relu`` and ``abs`` are
+  real-only), and by the cell in the layers (a cell opts in with
+  ``supports_complex``, see :class:`urnn_jax.HoistableCell`).
+* Sizes and counts (``unroll``, a cell's ``features``, a head's
+  ``out_features`` / ``num_classes``) must be positive ints: TypeError for a
+  non-int (booleans included), ValueError below 1 (:func:`check_positive_int`).
+* Sequence lengths must be integers (TypeError) of the batch shape
+  (ValueError): :func:`check_lengths`. In the layers and heads
+  (:class:`urnn_jax.Recurrent` and the heads in :mod:`urnn_jax.recurrent`)
+  their values must also lie in ``[0, T]`` (``[1, T]`` where the last valid
+  step is read), checked when the values are concrete: under ``jit`` /
+  ``vmap`` traced lengths cannot be inspected (that would need
+  ``jax.experimental.checkify``). The loops themselves define every integer
+  length, step k being valid iff k < length: a length below 0 acts as 0 (no
+  valid step), one above T as T (every step valid). :func:`recurrence`, the
+  low-level kernel, keeps that definition for concrete lengths too (its
+  gradient tests pin it), so only its layers reject such values.
+
+Shapes and dtypes are checked at trace time, so under ``jit`` the checks cost
+nothing and nothing is added to the loops.
 """
 
 from __future__ import annotations
@@ -26,6 +57,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -79,6 +111,158 @@ def get_activation(activation: Activation) -> Callable[[Array], Array]:
   )
 
 
+# ---------------------------------------------------------------------------
+# Input checks shared by rnn, cells and recurrent (see the module docstring).
+# All but check_lengths look only at Python values, shapes and dtypes.
+# ---------------------------------------------------------------------------
+
+# Named activations defined by the order or the modulus of real numbers: on
+# complex numbers relu and leaky_relu compare lexicographically and abs maps to
+# the reals (the state would change dtype).
+REAL_ONLY_ACTIVATIONS = frozenset({"relu", "leaky_relu", "abs"})
+_REAL_ONLY_FUNCTIONS = (jax.nn.relu, _leaky_relu, _abs, jax.nn.leaky_relu, jnp.abs)
+
+COMPLEX_HINT = (
+    "complex recurrences need a complex-capable activation (identity, tanh, sigmoid or a"
+    " callable, e.g. a complex modReLU) and, in the layers, a complex cell (one whose"
+    " supports_complex is True, e.g. urnn_jax.OrthogonalRNNCell(n, activation=...,"
+    " param_dtype=jnp.complex64))"
+)
+
+
+def default_float_dtype() -> jnp.dtype:
+  """JAX's default float dtype: float32, or float64 with ``jax_enable_x64``."""
+  return jnp.dtype(jnp.result_type(float))
+
+
+def floating_dtype(*values) -> jnp.dtype:
+  """The dtype a recurrence computes in: JAX's promotion of ``values``' dtypes.
+
+  Integer and boolean values take part as JAX promotes them (an integer and a
+  float32 array give float32); when no value is floating, the default float
+  dtype: the result is never an integer dtype.
+  """
+  dtype = jnp.result_type(*values)
+  if not jnp.issubdtype(dtype, jnp.inexact):
+    dtype = default_float_dtype()
+  return jnp.dtype(dtype)
+
+
+def as_floating(value, dtype):
+  """``value`` cast to ``dtype`` if it is an integer or boolean array; floating values unchanged."""
+  if jnp.issubdtype(jnp.result_type(value), jnp.inexact):
+    return value
+  return jnp.asarray(value, dtype)
+
+
+def check_positive_int(where: str, name: str, value) -> int:
+  """``value`` as an int >= 1: TypeError for a non-int (booleans included), ValueError below 1."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(
+        f"{where}: {name} must be a positive int, got {type(value).__name__}: {name}={value!r}."
+    )
+  if value < 1:
+    raise ValueError(f"{where}: {name} must be a positive int, got {name}={value!r}.")
+  return int(value)
+
+
+def supports_complex(activation: Activation) -> bool:
+  """Whether ``activation`` may be applied to complex pre-activations.
+
+  The per-activation hook of the complex checks: ``False`` for the real-only
+  activations (:data:`REAL_ONLY_ACTIVATIONS`: relu and leaky_relu compare
+  with 0, lexicographically on complex numbers; abs maps to the reals),
+  ``True`` for identity, tanh and sigmoid (their complex values and
+  gradients are JAX's). Any other callable defines its own domain (e.g. a
+  complex modReLU): ``True``, unless it carries an attribute
+  ``supports_complex = False``.
+  """
+  phi = get_activation(activation)
+  if any(phi is f for f in _REAL_ONLY_FUNCTIONS):
+    return False
+  return bool(getattr(phi, "supports_complex", True))
+
+
+def _activation_name(phi) -> str:
+  for name, fn in ACTIVATIONS.items():
+    if fn is phi:
+      return repr(name)
+  return getattr(phi, "__name__", repr(phi))
+
+
+def _complex_names(arrays) -> list[str]:
+  return [name for name, v in arrays.items()
+          if v is not None and any(jnp.iscomplexobj(leaf) for leaf in jax.tree.leaves(v))]
+
+
+def check_complex(where: str, arrays: dict, *, activation: Activation | None = None,
+                  cell: Any = None) -> None:
+  """TypeError when one of ``arrays`` (name -> array or pytree; ``None`` skipped) is
+  complex where complex numbers are not supported.
+
+  ``cell``: a cell whose ``supports_complex`` must be True (a cell without
+  the attribute, e.g. flax's LSTMCell, is not checked); ``activation``: one
+  that :func:`supports_complex` must accept. Dtypes only: free under ``jit``.
+  """
+  names = _complex_names(arrays)
+  if not names:
+    return
+  dtype = jnp.result_type(*(leaf for n in names for leaf in jax.tree.leaves(arrays[n])))
+  what = f"{where}: {', '.join(names)} {'is' if len(names) == 1 else 'are'} complex ({dtype})"
+  if cell is not None and getattr(cell, "supports_complex", True) is False:
+    declared = getattr(cell, "param_dtype", None)
+    declared = "" if declared is None else f" (param_dtype={jnp.dtype(declared).name})"
+    raise TypeError(
+        f"{what}, but the cell {type(cell).__name__}{declared} is real (its supports_complex"
+        f" is False); {COMPLEX_HINT}."
+    )
+  if activation is not None and not supports_complex(activation):
+    raise TypeError(
+        f"{what}, but the activation {_activation_name(get_activation(activation))} is"
+        f" real-only (relu and leaky_relu compare with 0, abs maps to the reals); {COMPLEX_HINT}."
+    )
+
+
+def check_lengths(where: str, name: str, lengths, steps: int | None, batch_shape: tuple, *,
+                  minimum: int = 0, broadcast: bool = False) -> Array:
+  """``lengths`` as an integer array of ``batch_shape``, with values in ``[minimum, steps]``.
+
+  ``broadcast``: a shape that broadcasts to ``batch_shape`` is accepted too.
+  ``steps=None``: the values are not checked (dtype and shape only). The
+  values are checked only when concrete: traced lengths (under ``jit`` or
+  ``vmap``) cannot be inspected without ``jax.experimental.checkify``, and
+  pass unchecked (see the callers for what out-of-range values then do).
+
+  Raises:
+    TypeError: non-integer (float, boolean) lengths.
+    ValueError: the wrong shape, or a concrete value outside ``[minimum, steps]``.
+  """
+  lengths = jnp.asarray(lengths)
+  batch_shape = tuple(batch_shape)
+  fits = lengths.shape == batch_shape
+  if not fits and broadcast:
+    try:
+      fits = np.broadcast_shapes(lengths.shape, batch_shape) == batch_shape
+    except ValueError:
+      fits = False
+  if not fits:
+    raise ValueError(
+        f"{where}: {name} must have the batch shape {batch_shape}, got shape {lengths.shape}."
+    )
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise TypeError(f"{where}: {name} must be integers, got dtype {lengths.dtype}.")
+  if steps is not None and lengths.size and not isinstance(lengths, jax.core.Tracer):
+    values = np.asarray(lengths)
+    bad = values[(values < minimum) | (values > steps)]
+    if bad.size:
+      got = (f"got {name}={values.tolist()}" if values.size <= 8 else
+             f"{bad.size} of its {values.size} values are out of range, e.g. {bad[:8].tolist()}")
+      raise ValueError(
+          f"{where}: {name} must lie in [{minimum}, {steps}] (T = {steps} steps); {got}."
+      )
+  return lengths
+
+
 class RNNParams(NamedTuple):
   """Theta = (W, F, b, C, h0) of eq. (1); a pytree.
 
@@ -110,9 +294,16 @@ class RNNParams(NamedTuple):
 
   @classmethod
   def create(cls, W, F, b=None, C=None, h0=None) -> "RNNParams":
-    """Builds and validates params; ``b`` and ``h0`` default to zeros, ``C`` to I."""
-    W = jnp.asarray(W)
-    F = jnp.asarray(F)
+    """Builds and validates params; ``b`` and ``h0`` default to zeros, ``C`` to I.
+
+    Integer and boolean fields become floating (:func:`floating_dtype` of
+    the given fields), as the recurrence would compute them anyway.
+    """
+    given = [jnp.asarray(v) for v in (W, F, b, C, h0) if v is not None]
+    dtype = floating_dtype(*given)
+    W = as_floating(jnp.asarray(W), dtype)
+    F = as_floating(jnp.asarray(F), dtype)
+    b, C, h0 = (None if v is None else as_floating(jnp.asarray(v), dtype) for v in (b, C, h0))
     n = W.shape[-1] if W.ndim else 0
     b = jnp.zeros((n,), W.dtype) if b is None else jnp.asarray(b)
     C = jnp.eye(n, dtype=W.dtype) if C is None else jnp.asarray(C)
@@ -133,8 +324,8 @@ def check_params(params: RNNParams) -> None:
         f"params must be urnn_jax.RNNParams, got {type(params).__name__}."
     )
   W, F, b, C, h0 = (jnp.shape(v) for v in params)
-  if len(W) < 2 or W[-1] != W[-2]:
-    raise ValueError(f"RNNParams.W must be square (n, n), got shape {W}.")
+  if len(W) < 2 or W[-1] != W[-2] or W[-1] < 1:
+    raise ValueError(f"RNNParams.W must be square (n, n) with n >= 1, got shape {W}.")
   n = W[-1]
   # (name, shape, does it fit, the expected shape in words)
   for name, shape, fits, expected in (
@@ -552,8 +743,15 @@ def recurrence(
     bias: optional ``(n,)`` vector added to every step's pre-activation;
       differentiable like ``z`` (its gradient is one sum after the loop).
     lengths: optional int ``(*batch,)`` sequence lengths. Past a sequence's
-      end the state is frozen and the output is zero.
-    unroll: ``lax.scan`` unroll factor (of the forward and backward loops).
+      end the state is frozen and the output is zero: step k is valid iff
+      k < length, so a length 0 (or below) keeps h0 and outputs only zeros,
+      and one of T (or above) runs every step. This low-level kernel accepts
+      any integer length (the layers, :class:`urnn_jax.Recurrent` and its
+      heads, reject concrete values outside ``[0, T]``); float or boolean
+      lengths raise TypeError, a shape that is not the batch shape's (time-major:
+      one that does not broadcast to it) ValueError.
+    unroll: ``lax.scan`` unroll factor (of the forward and backward loops), a
+      positive int.
     custom_gradient: ``False`` differentiates the plain ``lax.scan`` instead:
       slower, but forward mode works (and it is the tests' reference).
     batch_major: ``z`` is ``(*batch, T, n)`` and so are the returned states:
@@ -572,6 +770,19 @@ def recurrence(
     ``(h_last, hs)``: the final state ``(*batch, n)`` (the state at step
     ``length - 1`` when ``lengths`` is given) and all states ``(T, *batch, n)``
     (``(*batch, T, n)`` with ``batch_major``).
+
+  Dtypes: the loop runs in the promoted dtype of ``kernel``, ``z``, ``h0``,
+  ``bias`` and the floating leaves of ``activation_params``; integer and
+  boolean arrays are promoted to floating, never run as integers (all-integer
+  inputs give the default float dtype). Complex arrays need an activation
+  that :func:`supports_complex` accepts: with ``relu``, ``leaky_relu`` or
+  ``abs`` they raise TypeError.
+
+  Raises:
+    ValueError: inconsistent shapes, ``lengths`` of the wrong shape,
+      ``unroll`` below 1.
+    TypeError: non-integer ``lengths`` or ``unroll``; complex inputs with a
+      real-only activation.
   """
   phi = get_activation(activation)
   _check_activation_params("recurrence", activation, activation_params)
@@ -594,11 +805,28 @@ def recurrence(
           f"recurrence: bias must have shape ({kernel.shape[0]},) (the kernel's size),"
           f" got shape {bias.shape}."
       )
+  check_positive_int("recurrence", "unroll", unroll)
+  batch, steps = (z.shape[:-2], z.shape[-2]) if batch_major else (z.shape[1:-1], z.shape[0])
+  carry_shape = tuple(batch) + (kernel.shape[0],)
+  try:
+    h0_fits = np.broadcast_shapes(h0.shape, carry_shape) == carry_shape
+  except ValueError:
+    h0_fits = False
+  if not h0_fits:
+    raise ValueError(
+        f"recurrence: h0 must be broadcastable to the state shape (*batch, n) = {carry_shape},"
+        f" got shape {h0.shape}."
+    )
+  if lengths is not None:  # dtype and shape; every integer value is defined (see lengths)
+    lengths = check_lengths("recurrence", "lengths", lengths, None, batch,
+                            broadcast=not batch_major)
+  check_complex("recurrence", {"kernel": kernel, "z": z, "h0": h0, "bias": bias,
+                               "activation_params": activation_params}, activation=phi)
   promoted = (z, kernel, h0, *(() if bias is None else (bias,)))
   if activation_params is not None:
     promoted += tuple(p for p in jax.tree.leaves(activation_params)
                       if jnp.issubdtype(jnp.result_type(p), jnp.inexact))
-  dtype = jnp.result_type(*promoted)
+  dtype = floating_dtype(*promoted)  # never an integer dtype
   kernel = kernel.astype(dtype)
   z = z.astype(dtype)
   if bias is not None:
@@ -685,6 +913,11 @@ def simulate(
     ``y`` with shape ``(T, p)`` or ``(*batch, T, p)``; with
     ``return_states`` the pair ``(y, h)`` where ``h`` is ``(*batch, T, n)``.
 
+  Dtypes: as :func:`recurrence`: integer or boolean ``x`` or params are
+  promoted to floating before the input projection (all-integer inputs give
+  the default float dtype); complex ``x`` or params with a real-only
+  activation (``relu``, ``leaky_relu``, ``abs``) raise TypeError.
+
   Example:
     >>> import jax.numpy as jnp, urnn_jax
     >>> theta = urnn_jax.RNNParams.create(W=0.5 * jnp.eye(2), F=jnp.ones((2, 1)))
@@ -711,6 +944,13 @@ def simulate(
         f"simulate expects a single RNNParams with W of shape (n, n); got W of"
         f" shape {params.W.shape}. Use jax.vmap over stacked params."
     )
+  check_positive_int("simulate", "unroll", unroll)
+  check_complex("simulate", {"x": x, **{f"params.{k}": v for k, v in params._asdict().items()},
+                             "activation_params": activation_params}, activation=phi)
+  # Integer (or boolean) x or params: floating before the projection, never integer arithmetic.
+  dtype = floating_dtype(x, *params)
+  x = as_floating(x, dtype)
+  params = RNNParams(*(as_floating(v, dtype) for v in params))
   # Hoisted input projection: one matmul for all steps (reverse mode: its
   # kernel gradient is one 2-D matmul, see project_rows).
   # The bias is added inside the loop (no extra pass over the (*batch, T, n) z).

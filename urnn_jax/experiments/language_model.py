@@ -44,11 +44,10 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -84,11 +83,7 @@ PUBLISHED = {
 }
 
 
-def _f(default, help_text, choices=None):
-  meta = {"help": help_text}
-  if choices is not None:
-    meta["choices"] = list(choices)
-  return dataclasses.field(default=default, metadata=meta)
+_f = config_lib.field
 
 
 @dataclasses.dataclass(frozen=True)
