@@ -25,7 +25,7 @@ derivative through all later steps).
 
 Input checks: these diagnostics are for the real RNN of eq. (1). Complex
 parameters or inputs raise TypeError (complex, unitary recurrences are
-supported by the Flax cells, e.g. ``urnn_jax.OrthogonalRNNCell(n,
+supported by the Flax cells, e.g. ``urnn_jax.OrthogonalRNNCell(n, activation="tanh",
 param_dtype=jnp.complex64)``); integer or boolean parameters and inputs are
 promoted to JAX's default float dtype (never integer arithmetic, which would
 wrap around). The checks look at shapes and dtypes only, so they cost
@@ -50,7 +50,7 @@ Array = jax.Array
 _COMPLEX_HINT = (
     "the diagnostics are for the real RNN of eq. (1); complex (unitary)"
     " recurrences are supported by the Flax cells, e.g."
-    " urnn_jax.OrthogonalRNNCell(n, param_dtype=jnp.complex64)"
+    " urnn_jax.OrthogonalRNNCell(n, activation='tanh', param_dtype=jnp.complex64)"
 )
 
 

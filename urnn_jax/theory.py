@@ -54,7 +54,7 @@ call them outside ``jit``. Exactness to ~1e-12 needs float64 simulation
 Input checks (every public function): the theory is about the *real* RNN of
 eq. (1), so complex parameters, inputs or dtypes raise TypeError (complex,
 unitary recurrences are supported by the Flax cells, e.g.
-``urnn_jax.OrthogonalRNNCell(n, param_dtype=jnp.complex64)`` run by
+``urnn_jax.OrthogonalRNNCell(n, activation="tanh", param_dtype=jnp.complex64)`` run by
 ``urnn_jax.Recurrent``); integer or boolean parameters and inputs are
 promoted to JAX's default float dtype before any arithmetic (never integer
 arithmetic), and results "in params' dtype" are then in that float dtype;
@@ -120,7 +120,7 @@ _POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "abs")
 _COMPLEX_HINT = (
     "the theory functions are for the real RNN of eq. (1); complex (unitary)"
     " recurrences are supported by the Flax cells, e.g."
-    " urnn_jax.OrthogonalRNNCell(n, param_dtype=jnp.complex64) run by"
+    " urnn_jax.OrthogonalRNNCell(n, activation='tanh', param_dtype=jnp.complex64) run by"
     " urnn_jax.Recurrent"
 )
 
