@@ -155,6 +155,21 @@ def as_floating(value, dtype):
   return jnp.asarray(value, dtype)
 
 
+def check_int(fn: str, name: str, value, low: int) -> int:
+  """``value`` as an int >= ``low``: TypeError for a non-int (booleans included), ValueError below.
+
+  The one integer-argument check of the library's functions (``fn`` names
+  the function in the message).
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(
+        f"{fn}: {name} must be an int, got {type(value).__name__}: {name}={value!r}."
+    )
+  if value < low:
+    raise ValueError(f"{fn}: {name} must be >= {low}, got {name}={value}.")
+  return int(value)
+
+
 def check_positive_int(where: str, name: str, value) -> int:
   """``value`` as an int >= 1: TypeError for a non-int (booleans included), ValueError below 1."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

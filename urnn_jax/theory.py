@@ -78,6 +78,7 @@ from jax import lax
 from urnn_jax import initializers
 from urnn_jax.rnn import Activation
 from urnn_jax.rnn import RNNParams
+from urnn_jax.rnn import check_int
 from urnn_jax.rnn import check_params
 from urnn_jax.rnn import get_activation
 from urnn_jax.rnn import simulate
@@ -169,15 +170,7 @@ def _real_numpy(fn: str, name: str, x) -> np.ndarray:
   return arr.astype(np.float64)
 
 
-def _check_int(fn: str, name: str, value, low: int) -> int:
-  """``value`` as an int >= ``low``: TypeError for a non-int, ValueError below."""
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-    raise TypeError(
-        f"{fn}: {name} must be an int, got {type(value).__name__}: {name}={value!r}."
-    )
-  if value < low:
-    raise ValueError(f"{fn}: {name} must be >= {low}, got {name}={value}.")
-  return int(value)
+_check_int = check_int  # urnn_jax.rnn's one integer-argument check
 
 
 def _is_real_scalar(value) -> bool:

@@ -44,6 +44,8 @@ from typing import Sequence
 
 import numpy as np
 
+from urnn_jax.rnn import check_int
+
 DATASETS = ("mnist", "fashion_mnist")
 SOURCES = ("auto", "tfds", "idx")
 IMAGE_SHAPE = (28, 28)
@@ -455,15 +457,7 @@ def load_images(
 # The permuted pixel task.
 
 
-def _check_int(fn: str, name: str, value, low: int) -> int:
-  """``value`` as an int >= ``low``: TypeError for non-ints (and bools), ValueError below."""
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-    raise TypeError(
-        f"{fn}: {name} must be an int, got {type(value).__name__}: {name}={value!r}."
-    )
-  if value < low:
-    raise ValueError(f"{fn}: {name} must be >= {low}, got {name}={value}.")
-  return int(value)
+_check_int = check_int  # urnn_jax.rnn's one integer-argument check
 
 
 def pixel_permutation(seed: int, length: int = SEQUENCE_LENGTH) -> np.ndarray:

@@ -60,7 +60,7 @@ import numpy as np
 from jax import lax
 
 from urnn_jax import initializers
-from urnn_jax.rnn import RNNParams, get_activation, recurrence
+from urnn_jax.rnn import RNNParams, check_int, get_activation, recurrence
 
 Array = jax.Array
 
@@ -73,14 +73,8 @@ POWER_DEFINITIONS = ("variance", "mean_square")
 
 
 def _check_count(fn: str, name: str, value, low: int = 1) -> int:
-  """``value`` as an int >= ``low`` (TypeError for non-ints and bools)."""
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-    raise TypeError(
-        f"{fn}: {name} must be an int, got {type(value).__name__}: {name}={value!r}."
-    )
-  if value < low:
-    raise ValueError(f"{fn}: {name} must be >= {low}, got {name}={value}.")
-  return int(value)
+  """``value`` as an int >= ``low`` (:func:`urnn_jax.rnn.check_int`)."""
+  return check_int(fn, name, value, low)
 
 
 def _check_real_number(fn: str, name: str, value) -> None:
