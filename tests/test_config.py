@@ -1,6 +1,7 @@
 """Tests for urnn_jax.config: absl flags generated from a config dataclass."""
 
 import dataclasses
+import re
 
 import pytest
 from absl import flags
@@ -69,3 +70,61 @@ def test_unsupported_field_types_are_named():
 
   with pytest.raises(TypeError, match="config field 'mapping': unsupported type"):
     config_lib.define_flags(Bad, flag_values=flags.FlagValues())
+
+
+# ----------------------------------------------------------------------------
+# The several-process flags every binary shares.
+
+
+def _distributed(*argv):
+  fv = flags.FlagValues()
+  config_lib.define_distributed_flags(flag_values=fv)
+  fv(["prog", *argv])
+  return fv
+
+
+def test_one_process_by_default_starts_nothing():
+  import jax
+
+  fv = _distributed()
+  assert config_lib.distributed_settings(fv) is None
+  assert config_lib.start_distributed(fv) is False and not jax.distributed.is_initialized()
+  assert {"num_processes", "process_id", "coordinator_address", "local_device_ids",
+          "initialization_timeout"} <= set(fv)
+
+
+def test_distributed_settings_are_initialize_distributed_arguments():
+  fv = _distributed("--num_processes=4", "--process_id=3", "--coordinator_address=10.0.0.1:1234",
+                    "--local_device_ids=0,1", "--initialization_timeout=60")
+  assert config_lib.distributed_settings(fv) == {
+      "coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3,
+      "local_device_ids": [0, 1], "initialization_timeout": 60}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--num_processes=2",), "--num_processes=2 needs --coordinator_address (host:port of process 0)."),
+    (("--num_processes=0",), "--num_processes=0; expected a positive int (1: one process)."),
+    (("--num_processes=2", "--process_id=2", "--coordinator_address=h:1"),
+     "--process_id=2; expected an int in [0, 2) (--num_processes=2)."),
+    (("--num_processes=2", "--process_id=-1", "--coordinator_address=h:1"), "--process_id=-1; expected"),
+    (("--num_processes=2", "--coordinator_address=localhost"),
+     "--coordinator_address='localhost'; expected host:port, e.g. 127.0.0.1:12345."),
+    (("--num_processes=2", "--coordinator_address=h:99999"), "--coordinator_address='h:99999'; expected host:port"),
+    (("--process_id=1",), "--process_id=1 needs --num_processes > 1 (the run has one process)."),
+    (("--coordinator_address=h:1",), "--coordinator_address=h:1 needs --num_processes > 1"),
+    (("--num_processes=2", "--coordinator_address=h:1", "--local_device_ids=0,x"),
+     "--local_device_ids=0,x; expected non-negative ints."),
+    (("--num_processes=2", "--coordinator_address=h:1", "--initialization_timeout=0"),
+     "--initialization_timeout=0; expected a positive number of seconds."),
+])
+def test_bad_distributed_flags_are_one_line_usage_errors(argv, message):
+  from absl import app
+
+  fv = _distributed(*argv)
+  with pytest.raises(config_lib.FlagError) as e:
+    config_lib.distributed_settings(fv)
+  assert str(e.value).startswith(message) and "\n" not in str(e.value)
+  fv = _distributed(*argv)
+  flags.DEFINE_integer("verbosity", 0, "", flag_values=fv)
+  with pytest.raises(app.UsageError, match="^" + re.escape(message)):
+    config_lib.begin(["prog"], fv)

@@ -13,6 +13,12 @@ against the one-device computation on the same global batch:
   parameters in both == the one-device run; a multi-process checkpoint;
 * ``restored``: one process, 2 devices: both checkpoints restore onto 2
   devices (another device count) with equal values, and training resumes.
+
+The binaries: ``python -m train.memory_tasks`` as two processes on 127.0.0.1
+(its multi-process flags) and as one, equal to float32 rounding, files and
+output from process 0 only, and the two-process checkpoint resumed in one
+process; the language model's streams over 2 devices == 1 device; a bad
+multi-process flag is a one-line usage error.
 """
 
 import json
@@ -185,12 +191,20 @@ MULTIPROCESS = PRELUDE + textwrap.dedent("""
     rmesh = parallel.make_mesh(data=1, realizations=4)
     spread = parallel.shard_realizations(rmesh, {"w": np.arange(8.0).reshape(4, 2)})
     gathered = parallel.to_host(spread)["w"]
+    # The binaries' --devices over both processes: the same number from each, in process order.
+    meshes = {f"{count},{devices}": [[d.process_index for d in m.devices.flat], dict(m.shape)]
+              for count, devices in ((8, 0), (6, 0), (8, 2)) for m in [parallel.local_mesh(count, devices)]}
+    meshes["realizations"] = dict(parallel.local_mesh(4, 0, axis=parallel.REALIZATIONS, name="r").shape)
+    mesh_errors = {"odd": error(lambda: parallel.local_mesh(8, 3)), "many": error(lambda: parallel.local_mesh(8, 6)),
+                   "count": error(lambda: parallel.local_mesh(7, 0))}
     parallel.barrier("done")
     np.savez(os.path.join(out, f"mp{pid}.npz"), **flat(state))
     emit({"pid": pid, "primary": parallel.is_primary(), "rows": [rows.start, rows.stop],
           "losses": losses, "saved": bool(saved), "step": int(state.step),
           "local_shards": len(spread["w"].addressable_shards),
-          "gathered_ok": bool(np.array_equal(gathered, np.arange(8.0).reshape(4, 2)))})
+          "gathered_ok": bool(np.array_equal(gathered, np.arange(8.0).reshape(4, 2))),
+          "meshes": meshes, "mesh_errors": mesh_errors,
+          "primary_ok": [parallel.primary_ok(pid == 0), parallel.primary_ok(pid == 1)]})
 """)
 
 RESTORE = PRELUDE + textwrap.dedent("""
@@ -370,6 +384,15 @@ def test_multiprocess_data_parallel_equals_one_process(workdir, multiprocess):
   assert p0["saved"] and p1["saved"] and p0["step"] == p1["step"] == 3
   assert p0["local_shards"] == p1["local_shards"] == 2 and p0["gathered_ok"] and p1["gathered_ok"]
   np.testing.assert_allclose(p0["losses"], p1["losses"], rtol=0, atol=0)
+  # --devices counts every process's devices; each process gives the same number, in order.
+  assert p0["meshes"] == p1["meshes"] == {
+      "8,0": [[0, 0, 1, 1], {"data": 4, "realizations": 1}], "6,0": [[0, 1], {"data": 2, "realizations": 1}],
+      "8,2": [[0, 1], {"data": 2, "realizations": 1}], "realizations": {"data": 1, "realizations": 4}}
+  assert p0["primary_ok"] == p1["primary_ok"] == [True, False]  # process 0's value, everywhere
+  e = p0["mesh_errors"]
+  assert e["odd"].startswith("devices=3 is not a multiple of the 2 processes")
+  assert e["many"].startswith("devices=6 asks for 3 per process; only 2 local devices")
+  assert e["count"].startswith("batch_size=7 is not a multiple of the 2 processes")
   a, b = (dict(np.load(os.path.join(workdir, f"mp{i}.npz"))) for i in (0, 1))
   ref = {k[len("ref/"):]: v for k, v in np.load(os.path.join(workdir, "four.npz")).items()
          if k.startswith("ref/")}
@@ -400,6 +423,168 @@ def test_multiprocess_checkpoint_resumes_in_one_process(restored):
 
 
 # ----------------------------------------------------------------------------
+# A real binary (train.memory_tasks) on two processes vs one.
+
+# Runs a binary's main (argv: process id, port (0: one process), the binary, its flags), recording
+# every file it writes (os.replace: the atomic writers and figures; open for writing) and what it
+# prints.
+BINARY = textwrap.dedent("""
+    import builtins, contextlib, io, json, os, runpy, sys
+    pid, port, module, *flags = sys.argv[1:]
+    written, real_replace, real_open = [], os.replace, builtins.open
+
+    def replace(src, dst, *args, **kwargs):
+      written.append(os.path.abspath(dst))
+      return real_replace(src, dst, *args, **kwargs)
+
+    def open_(file, mode="r", *args, **kwargs):
+      if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
+        written.append(os.path.abspath(file))
+      return real_open(file, mode, *args, **kwargs)
+
+    os.replace, builtins.open = replace, open_
+    if port != "0":
+      flags += ["--num_processes=2", f"--process_id={pid}", f"--coordinator_address=127.0.0.1:{port}"]
+    sys.argv = [module, *flags]
+    out, code = io.StringIO(), None
+    try:
+      with contextlib.redirect_stdout(out):
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+      code = e.code
+    print("RESULT " + json.dumps({"pid": int(pid), "exit": code, "written": written, "stdout": out.getvalue()}))
+""")
+
+# Tiny, cheap settings: 4 steps, checkpoints at 2 and 4 (both kept), one model.
+MEMORY_FLAGS = ("--task=first_term", "--length=5", "--models=urnn_expm", "--hidden=8", "--batch_size=8",
+                "--steps=4", "--eval_every=2", "--eval_size=16", "--eval_batch=8", "--checkpoint_every=2",
+                "--diagnostics_batch=4")
+RUN = os.path.join("first_term_L5", "urnn_expm")
+
+
+def _memory_tasks(directory, workdir, processes: int) -> list[dict]:
+  args = ("train.memory_tasks", *MEMORY_FLAGS, f"--workdir={workdir}")
+  if processes == 1:
+    return [_run(directory, "binary.py", BINARY, 1, 0, 0, *args)]
+  return _run_processes(directory, "binary.py", BINARY, 1, processes, *args)
+
+
+@pytest.fixture(scope="module")
+def binary_runs(tmp_path_factory):
+  """One process, two processes (one device each), and the two-process run resumed in one process."""
+  import shutil
+
+  d = tmp_path_factory.mktemp("binary")
+  one = _memory_tasks(d, d / "one", 1)
+  two = _memory_tasks(d, d / "two", 2)
+  # A run killed after its step-2 checkpoint: the two-process run with its step-4 checkpoint gone.
+  shutil.copytree(d / "two", d / "resumed")
+  shutil.rmtree(d / "resumed" / RUN / "checkpoints" / "4")
+  resumed = _memory_tasks(d, d / "resumed", 1)
+  return d, one, two, resumed
+
+
+def _restore(step_dir, like=None):
+  import jax
+  import orbax.checkpoint as ocp
+
+  if like is not None:  # onto this process's device, whatever it was saved from
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
+  with ocp.StandardCheckpointer() as c:
+    return c.restore(os.path.join(step_dir, "state"), like)
+
+
+def _max_diff(a, b) -> float:
+  import jax
+
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb) > 0
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))) for x, y in zip(la, lb))
+
+
+def _history(workdir):
+  return json.loads((workdir / RUN / "history.json").read_text())["history"]
+
+
+def _values(entries):
+  keys = ("step", "train_loss", "train_grad_norm", "train_accuracy", "eval_loss", "eval_accuracy")
+  return [[e.get(k) for k in keys] for e in entries]
+
+
+def test_two_process_binary_equals_one_process(binary_runs):
+  d, (one,), (p0, p1), _ = binary_runs
+  assert one["exit"] is None and p0["exit"] is None and p1["exit"] is None  # absl: sys.exit(None), success
+  # Equal results: the same evaluations (float32; only the gradient all-reduce's order differs) and
+  # parameters at both checkpoints.
+  np.testing.assert_allclose(np.array(_values(_history(d / "two")), float),
+                             np.array(_values(_history(d / "one")), float), rtol=1e-5, atol=0)
+  for step in ("2", "4"):
+    ref = _restore(d / "one" / RUN / "checkpoints" / step)
+    assert _max_diff(_restore(d / "two" / RUN / "checkpoints" / step, ref), ref) < 1e-6, step
+  res_one, res_two = (json.loads((d / w / "first_term_L5" / "results.json").read_text())["results"][0]
+                      for w in ("one", "two"))
+  assert res_two["steps"] == res_one["steps"] == 4
+  np.testing.assert_allclose(res_two["eval_loss"], res_one["eval_loss"], rtol=1e-5)
+  assert res_two["eval_accuracy"] == res_one["eval_accuracy"]
+  # Only process 0 wrote files (outside the checkpoints, which both write through orbax) and printed.
+  outside = lambda p: [f for f in p["written"] if str(d) in f and os.sep + "checkpoints" + os.sep not in f]
+  assert outside(p1) == [] and p1["stdout"] == ""
+  names = {os.path.relpath(f, d / "two") for f in outside(p0)}
+  assert {"summary.md", os.path.join("first_term_L5", "config.json"), os.path.join("first_term_L5", "results.json"),
+          os.path.join("first_term_L5", "learning_curves.png"), os.path.join(RUN, "history.json")} <= names
+  assert "memoryless baseline" in p0["stdout"] and "'num_processes': 2" in p0["stdout"]
+
+
+def test_two_process_checkpoint_resumes_in_one_process(binary_runs):
+  d, (one,), _, (resumed,) = binary_runs
+  assert resumed["exit"] is None and "resumed from step 2" in resumed["stdout"]
+  # It continued from the two-process step-2 checkpoint to the one-process run's end.
+  np.testing.assert_allclose(np.array(_values(_history(d / "resumed")), float),
+                             np.array(_values(_history(d / "one")), float), rtol=1e-5, atol=0)
+  ref = _restore(d / "one" / RUN / "checkpoints" / "4")
+  assert _max_diff(_restore(d / "resumed" / RUN / "checkpoints" / "4", ref), ref) < 1e-6
+
+
+def test_binary_refuses_bad_multiprocess_flags():
+  proc = subprocess.run([sys.executable, "-m", "train.memory_tasks", "--num_processes=2", "--steps=1"],
+                        cwd=REPO, env=_env(1), capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "--num_processes=2 needs --coordinator_address (host:port of process 0)." in proc.stderr
+
+
+# The language model's --devices: its B contiguous streams (and their carried state) over the data axis.
+LANGUAGE_MODEL = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+    import jax
+    from test_language_model import tiny_config, write_tiny_ptb
+    from urnn_jax.data import text
+    from urnn_jax.experiments import language_model as lm
+
+    out = sys.argv[1]
+    data_dir = write_tiny_ptb(os.path.join(out, "ptb"))
+    corpus, res = text.load_ptb(data_dir), {}
+    for devices in (1, 2):
+      config = tiny_config(data_dir, batch_size=4, devices=devices, diagnostics=False)
+      r = lm.train_and_evaluate(config, os.path.join(out, f"d{devices}"), corpus, log=lambda *_: None,
+                                progress_stream=open(os.devnull, "w"))
+      res[devices] = {"mesh": dict(config.mesh().shape), "samples": r["samples"], "test_loss": r["test_loss"],
+                      "losses": [[h["train_loss"], h["val_loss"]] for h in r["history"]]}
+    print("RESULT " + json.dumps(res), flush=True)
+""")
+
+
+def test_language_model_streams_sharded_equal_one_device(tmp_path):
+  res = _run(tmp_path, "lm.py", LANGUAGE_MODEL, 2, tmp_path)
+  one, two = res["1"], res["2"]
+  assert one["mesh"] == {"data": 1, "realizations": 1} and two["mesh"] == {"data": 2, "realizations": 1}
+  np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)  # float32, the all-reduce's order
+  np.testing.assert_allclose(two["test_loss"], one["test_loss"], rtol=1e-5)
+  assert two["samples"] == one["samples"]
+
+
+# ----------------------------------------------------------------------------
 # In-process (one device): the pieces that need no second device.
 
 
@@ -415,6 +600,7 @@ def test_one_device_mesh_and_helpers():
   assert parallel.is_primary()
   assert parallel.initialize_distributed(None, 1, 0) is False  # one process: a no-op
   assert parallel.initialize_distributed() is False
+  assert parallel.primary_ok(True) is True and parallel.primary_ok(False) is False  # one process: as given
   with pytest.raises(ValueError, match="coordinator_address"):
     parallel.initialize_distributed(None, 2, 0)
   with pytest.raises(ValueError, match=r"process_id=2; expected an int in \[0, 2\)"):

@@ -395,3 +395,37 @@ def test_a_checkpoint_of_the_earlier_single_item_format_restores(tmp_path):
   assert meta is None
   assert ckpt.save(4, {"w": jnp.ones(3)}, meta={"history": []})  # the same manager goes on saving
   assert ckpt.restore_with_meta({"w": jnp.zeros(3)})[1] == {"history": []}
+
+
+def test_restore_target_keeps_every_array_leaf_sharding():
+  # A one-device array keeps its device (a checkpoint of several processes or devices
+  # restores onto it); NumPy leaves get none (restored as they were saved).
+  x = jnp.ones((2, 3))
+  target = training.restore_target({"x": x, "n": np.zeros(2, np.float32), "s": jax.ShapeDtypeStruct((4,), jnp.int32)})
+  assert target["x"].shape == (2, 3) and target["x"].sharding == x.sharding
+  assert target["n"].sharding is None and target["n"].dtype == np.float32
+  assert target["s"].shape == (4,)
+
+
+def test_only_process_zero_writes_files_and_reports(tmp_path, monkeypatch):
+  monkeypatch.setattr(training, "is_primary", lambda: False)  # as in process 1 of a run
+  training.write_json(str(tmp_path / "a.json"), {"a": 1})
+  training.write_tables(str(tmp_path), "t", [{"a": 1}])
+  training.prepare_run_dir(str(tmp_path / "run"), dataclasses.make_dataclass("C", [("a", int, 1)])())
+  assert sorted(p.name for p in tmp_path.rglob("*")) == ["run"]  # the directory, no file in it
+  lines, stream = [], io.StringIO()
+  step = lambda state, batch: ({"n": state["n"] + 1}, {"loss": jnp.asarray(1.0)})
+  run = lambda total: training.fit(
+      {"n": jnp.zeros((), jnp.int32)}, training.stepwise(step, lambda s: None), total_steps=total,
+      checkpoint_dir=str(tmp_path / "ckpt"), history_path=str(tmp_path / "history.json"), params_of=lambda s: s,
+      step_of=lambda s: s["n"], log=lines.append, progress_stream=stream)
+  out = run(2)
+  assert int(out.state["n"]) == 2 and out.history[-1]["step"] == 2
+  with training.Checkpoints(tmp_path / "ckpt") as c:  # every process saves its checkpoints (orbax)
+    assert c.latest_step() == 2
+  out = run(3)  # resumes: the message is process 0's
+  assert int(out.state["n"]) == 3 and out.resumed_from == 2
+  assert lines == [] and stream.getvalue() == "" and not (tmp_path / "history.json").exists()
+  monkeypatch.setattr(training, "is_primary", lambda: True)  # process 0: the same calls report and write
+  run(4)
+  assert lines == ["[] resumed from step 3"] and "4/4" in stream.getvalue() and (tmp_path / "history.json").exists()

@@ -33,6 +33,9 @@ and its second (GRU vs uGRU at BPTT 35 and 150; ``--constraint=expm`` for seed
     python -m train.language_model --model=gru,ugru --bptt=35,150 --hidden=128 --embed=128 --epochs=1
 
 The measured results: ``docs/language_model.md``.
+
+Several processes (hosts): start the same command in each with ``--num_processes``,
+``--process_id`` and ``--coordinator_address`` (README, "Scaling out"); process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def define_flags() -> None:
   """Defines this binary's flags, one per field of ``lm.Config`` (called by
   ``__main__`` only, so the binaries can be imported together)."""
   config_lib.define_flags(lm.Config, sweep=SWEEP)
+  config_lib.define_distributed_flags()  # --num_processes, --process_id, --coordinator_address, ...
   flags.DEFINE_string("workdir", "runs/language_model", "Output, corpus and checkpoint directory.")
 
 
@@ -71,17 +75,18 @@ def unique_runs(configs) -> list:
 
 
 def main(argv):
-  config_lib.begin(argv)
+  config_lib.begin(argv)  # several processes: the distributed runtime first
+  say = config_lib.printer()  # process 0 alone prints; the writers are process 0's too
   try:
     registry.check_names(FLAGS.model, field="model")
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   configs = unique_runs(config_lib.binary_configs(lm.Config, FLAGS, sweep=SWEEP))
   try:
-    corpus = lm.load_corpus(configs[0], FLAGS.workdir)
+    corpus = lm.load_corpus(configs[0], FLAGS.workdir, log=say)
   except text.CorpusError as e:
     raise SystemExit(f"error: {e}") from None
-  print(f"corpus {corpus.source}: {corpus.sizes()}, sha256 {corpus.digest()}")
+  say(f"corpus {corpus.source}: {corpus.sizes()}, sha256 {corpus.digest()}")
   try:
     for c in configs:
       text.LMBatches(corpus.train, c.batch_size, c.bptt)
@@ -89,18 +94,19 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   for config in configs:
     try:
-      r = lm.train_and_evaluate(config, FLAGS.workdir, corpus)
+      r = lm.train_and_evaluate(config, FLAGS.workdir, corpus, log=say)
     except training.RunDirError as e:
       raise app.UsageError(str(e)) from None
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
-    print(f"{r['run']}: valid ppl {fmt(r['val_ppl'])}, test ppl {fmt(r['test_ppl'])} at best epoch"
-          f" {r['best_epoch']}, {r['epochs_run']} epochs"
-          + (", diverged" if r["diverged"] else "") + (", stopped early" if r["stopped_early"] else ""))
+    say(f"{r['run']}: valid ppl {fmt(r['val_ppl'])}, test ppl {fmt(r['test_ppl'])} at best epoch"
+        f" {r['best_epoch']}, {r['epochs_run']} epochs"
+        + (", diverged" if r["diverged"] else "") + (", stopped early" if r["stopped_early"] else ""))
     for s in r.get("samples", []):
-      print(f"  sample: {s}")
-  summary = lm.write_summary(FLAGS.workdir)
-  print("\n" + summary["text"])
-  print(f"wrote {FLAGS.workdir}/summary.md")
+      say(f"  sample: {s}")
+  if training.is_primary():  # reads every run's results (process 0 wrote them)
+    summary = lm.write_summary(FLAGS.workdir)
+    say("\n" + summary["text"])
+    say(f"wrote {FLAGS.workdir}/summary.md")
 
 
 if __name__ == "__main__":

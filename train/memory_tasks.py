@@ -21,6 +21,9 @@ Seed 002's table (about 30 minutes on 2 busy CPU cores)::
 
 The activation defaults per task (``DEFAULT_ACTIVATION``): identity for the
 recall tasks (first_term, copy), relu for kth_highest and adding.
+
+Several processes (hosts): start the same command in each with ``--num_processes``,
+``--process_id`` and ``--coordinator_address`` (README, "Scaling out"); process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def define_flags() -> None:
   """Defines this binary's flags, one per field of ``mt.Config`` (called by
   ``__main__`` only, so the binaries can be imported together)."""
   config_lib.define_flags(mt.Config, sweep=SWEEP)
+  config_lib.define_distributed_flags()  # --num_processes, --process_id, --coordinator_address, ...
   flags.DEFINE_string("workdir", "runs/memory_tasks", "Output and checkpoint directory.")
 
 
@@ -48,22 +52,24 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  config_lib.begin(argv)
+  config_lib.begin(argv)  # several processes: the distributed runtime first
+  say = config_lib.printer()  # process 0 alone prints; the writers are process 0's too
   configs = config_lib.binary_configs(mt.Config, FLAGS, sweep=SWEEP)
   for config in configs:
     try:
-      out = mt.run_experiment(config, FLAGS.workdir)
+      out = mt.run_experiment(config, FLAGS.workdir, log=say)
     except training.RunDirError as e:
       raise app.UsageError(str(e)) from None
-    print(f"\n{config.task}, length {config.length}: memoryless baseline {out['baseline']}")
-    print(out["table"])
+    say(f"\n{config.task}, length {config.length}: memoryless baseline {out['baseline']}")
+    say(out["table"])
     for model, b in out["bound_check"].items():
-      print(f"bound check {model}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                  for k, v in b.items()))
-    print(f"wrote {out['run_dir']}")
-  summary = mt.summary_table(FLAGS.workdir)
-  training.atomic_write(os.path.join(FLAGS.workdir, "summary.md"), summary + "\n")
-  print("\n" + summary)
+      say(f"bound check {model}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                for k, v in b.items()))
+    say(f"wrote {out['run_dir']}")
+  if training.is_primary():  # reads every run's results (process 0 wrote them)
+    summary = mt.summary_table(FLAGS.workdir)
+    training.atomic_write(os.path.join(FLAGS.workdir, "summary.md"), summary + "\n")
+    say("\n" + summary)
 
 
 if __name__ == "__main__":

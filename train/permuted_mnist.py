@@ -29,6 +29,9 @@ A CPU-sized run on Debian's Fashion-MNIST::
 
     python -m train.permuted_mnist --dataset=fashion_mnist --model=urnn,contrnn,rnn,lstm \
         --hidden=32 --train_subset=5000 --eval_subset=1000 --epochs=3
+
+Several processes (hosts): start the same command in each with ``--num_processes``,
+``--process_id`` and ``--coordinator_address`` (README, "Scaling out"); process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def define_flags() -> None:
   """Defines this binary's flags, one per field of ``pm.Config`` (called by
   ``__main__`` only, so the binaries can be imported together)."""
   config_lib.define_flags(pm.Config, sweep=SWEEP, aliases=ALIASES)
+  config_lib.define_distributed_flags()  # --num_processes, --process_id, --coordinator_address, ...
   flags.DEFINE_string("workdir", "runs/permuted_mnist", "Output and checkpoint directory.")
 
 
@@ -58,17 +62,18 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  config_lib.begin(argv)
+  config_lib.begin(argv)  # several processes: the distributed runtime first
+  say = config_lib.printer()  # process 0 alone prints; the writers are process 0's too
   try:
     registry.check_names(FLAGS.model, field="model")
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   configs = config_lib.binary_configs(pm.Config, FLAGS, sweep=SWEEP)
   try:
-    data = pm.load_data(configs[0])
+    data = pm.load_data(configs[0], log=say)
   except images.DatasetNotFoundError as e:
     raise SystemExit(f"error: {e}") from None
-  print(f"data: {data.source}, sizes {data.sizes()}, permutation {images.permutation_digest(data.permutation)}")
+  say(f"data: {data.source}, sizes {data.sizes()}, permutation {images.permutation_digest(data.permutation)}")
   try:
     for config in configs:
       pm.steps_per_epoch(config, len(data.train_y))
@@ -76,20 +81,21 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   for config in configs:
     try:
-      r = pm.train_and_evaluate(config, FLAGS.workdir, data)
+      r = pm.train_and_evaluate(config, FLAGS.workdir, data, log=say)
     except training.RunDirError as e:
       raise app.UsageError(str(e)) from None
     acc = "n/a" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.2f}%"
-    print(
+    say(
         f"{r['run']}: test accuracy {acc} at best validation epoch {r['best_epoch']}"
         f" (val {r['best_val_accuracy']}), {r['epochs_run']} epochs,"
         f" {r['mean_epoch_train_seconds'] or 0:.1f} s/epoch train"
         + (", diverged" if r["diverged"] else "")
         + (", stopped early" if r["stopped_early"] else "")
     )
-  summary = pm.write_summary(FLAGS.workdir)
-  print("\n" + summary["text"])
-  print(f"wrote {FLAGS.workdir}/summary.md and comparison.png")
+  if training.is_primary():  # reads every run's results (process 0 wrote them)
+    summary = pm.write_summary(FLAGS.workdir)
+    say("\n" + summary["text"])
+    say(f"wrote {FLAGS.workdir}/summary.md and comparison.png")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ Examples::
     python -m train.system_id                        # the CPU-sized main job
     python -m train.system_id --inputs=sparse --snr_db=15 --workdir=runs/system_id_fig3
     python -m train.system_id --paper                # the paper's scale (hours)
+
+Several processes (hosts): start the same command in each with ``--num_processes``,
+``--process_id`` and ``--coordinator_address`` (README, "Scaling out"); process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def define_flags() -> None:
   ``--parallel``, ``--workdir`` and ``--paper`` (called by ``__main__`` only,
   so the binaries can be imported together)."""
   config_lib.define_flags(sid.Config, aliases=ALIASES)
+  config_lib.define_distributed_flags()  # --num_processes, --process_id, --coordinator_address, ...
   flags.DEFINE_integer("parallel", 1,
                        "Configurations trained at the same time, in threads (results do not"
                        " depend on it).")
@@ -64,24 +68,25 @@ def config_from_flags() -> sid.Config:
 
 
 def main(argv):
-  config_lib.begin(argv)
+  config_lib.begin(argv)  # several processes: the distributed runtime first
+  say = config_lib.printer()  # process 0 alone prints; the writers are process 0's too
   config = config_from_flags()
   workdir = FLAGS.workdir or ("runs/system_id_paper" if FLAGS.paper else "runs/system_id")
-  print(f"system_id: {config}\nworkdir: {workdir}", flush=True)
+  say(f"system_id: {config}\nworkdir: {workdir}")
   try:
-    out = sid.run(config, workdir, log=lambda s: print(s, flush=True), parallel=FLAGS.parallel)
+    out = sid.run(config, workdir, log=say, parallel=FLAGS.parallel)
   except training.RunDirError as e:
     raise app.UsageError(str(e)) from None
-  print()
-  print(f"Test R^2 over {config.realizations} realizations ({config.inputs} inputs,"
-        f" SNR {config.snr_db:g} dB; optimal R^2 = {out['optimal_r2']:.4f}):")
-  print(training.markdown_table(out["rows"], sid.SUMMARY_COLUMNS))
-  print()
+  say()
+  say(f"Test R^2 over {config.realizations} realizations ({config.inputs} inputs,"
+      f" SNR {config.snr_db:g} dB; optimal R^2 = {out['optimal_r2']:.4f}):")
+  say(training.markdown_table(out["rows"], sid.SUMMARY_COLUMNS))
+  say()
   for line in sid.finding_lines(out["rows"], out["optimal_r2"]):
-    print(line)
-  print(f"\nwrote {workdir}/summary.md, summary.csv, summary.json, results.csv, results/,"
-        f" r2_vs_hidden.png; this run took {out['seconds']:.0f} s"
-        f" (trained {len(out['trained'])}, skipped {len(out['skipped'])} configurations).")
+    say(line)
+  say(f"\nwrote {workdir}/summary.md, summary.csv, summary.json, results.csv, results/,"
+      f" r2_vs_hidden.png; this run took {out['seconds']:.0f} s"
+      f" (trained {len(out['trained'])}, skipped {len(out['skipped'])} configurations).")
   sys.stdout.flush()
 
 

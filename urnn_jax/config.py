@@ -26,6 +26,7 @@ config per combination of their values (``--length=20,50,100``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import sys
 from typing import Any, Mapping, Sequence
@@ -215,12 +216,118 @@ def binary_configs(config_cls, flag_values: flags.FlagValues = flags.FLAGS, **kw
   return configs
 
 
+# ----------------------------------------------------------------------------
+# Several processes (hosts): the flags every binary shares.
+
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "local_device_ids",
+                     "initialization_timeout")
+
+
+def define_distributed_flags(flag_values: flags.FlagValues = flags.FLAGS, module_name: str | None = None) -> None:
+  """Defines the flags of a run over several processes (one per host, or several on one machine).
+
+  ``--num_processes`` (default 1: this process alone, no distributed runtime,
+  exactly the one-process run), ``--process_id``, ``--coordinator_address``
+  (``host:port`` of process 0, the same in every process),
+  ``--local_device_ids`` and ``--initialization_timeout``. :func:`begin` passes
+  them to :func:`urnn_jax.parallel.initialize_distributed`. Every binary calls
+  this once in its ``define_flags``.
+  """
+  if module_name is None:
+    module_name = sys._getframe(1).f_globals.get("__name__", "")
+    if module_name == "__main__":
+      module_name = sys.argv[0]
+  kw = {"flag_values": flag_values, "module_name": module_name}
+  flags.DEFINE_integer("num_processes", 1, "Processes of the run (several hosts, or several processes on one"
+                       " machine); 1: this process alone. Start the same command in every process with its"
+                       " own --process_id.", **kw)
+  flags.DEFINE_integer("process_id", 0, "This process's index in [0, --num_processes); process 0 writes"
+                       " every result file, plot and log.", **kw)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator (the same in every"
+                      " process); needed with --num_processes > 1.", **kw)
+  flags.DEFINE_list("local_device_ids", [], "The devices this process uses (e.g. one GPU per process:"
+                    " --local_device_ids=0 in each); empty: every device it sees.", **kw)
+  flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for every process to join.", **kw)
+
+
+def distributed_settings(flag_values: flags.FlagValues = flags.FLAGS) -> dict | None:
+  """The several-process flags, checked: None for one process, else
+  :func:`urnn_jax.parallel.initialize_distributed`'s arguments.
+
+  Raises:
+    FlagError: one line naming the flag and its value (``--num_processes=2``
+      without ``--coordinator_address``, a ``--process_id`` outside
+      ``[0, --num_processes)``, a coordinator that is not ``host:port``, ...).
+  """
+  n, pid = flag_values["num_processes"].value, flag_values["process_id"].value
+  address = flag_values["coordinator_address"].value
+  ids = flag_values["local_device_ids"].value or []
+  timeout = flag_values["initialization_timeout"].value
+  if n < 1:
+    raise FlagError(f"--num_processes={n}; expected a positive int (1: one process).")
+  if n == 1:
+    for name, given in (("process_id", pid != 0), ("coordinator_address", bool(address)),
+                        ("local_device_ids", bool(ids))):
+      if given:
+        raise FlagError(f"--{name}={flag_values[name].value if name != 'local_device_ids' else ','.join(ids)}"
+                        " needs --num_processes > 1 (the run has one process).")
+    return None
+  if not address:
+    raise FlagError(f"--num_processes={n} needs --coordinator_address (host:port of process 0).")
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise FlagError(f"--coordinator_address={address!r}; expected host:port, e.g. 127.0.0.1:12345.")
+  if not 0 <= pid < n:
+    raise FlagError(f"--process_id={pid}; expected an int in [0, {n}) (--num_processes={n}).")
+  try:
+    device_ids = [int(i) for i in ids]
+  except ValueError:
+    device_ids = [-1]
+  if any(i < 0 for i in device_ids):
+    raise FlagError(f"--local_device_ids={','.join(ids)}; expected non-negative ints.")
+  if timeout < 1:
+    raise FlagError(f"--initialization_timeout={timeout}; expected a positive number of seconds.")
+  return {"coordinator_address": address, "num_processes": n, "process_id": pid,
+          "local_device_ids": device_ids or None, "initialization_timeout": timeout}
+
+
+def start_distributed(flag_values: flags.FlagValues = flags.FLAGS) -> bool:
+  """Checks the several-process flags and starts JAX's distributed runtime (a no-op for one process).
+
+  Must run before anything touches a device (:func:`begin` calls it first).
+  Returns True when it started the runtime.
+  """
+  settings = distributed_settings(flag_values)
+  if settings is None:
+    return False
+  from urnn_jax import parallel  # pylint: disable=g-import-not-at-top
+
+  return parallel.initialize_distributed(settings.pop("coordinator_address"), settings.pop("num_processes"),
+                                         settings.pop("process_id"), **settings)
+
+
+def printer():
+  """``print`` in process 0, a no-op in the other processes (only process 0 writes logs)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if jax.distributed.is_initialized() and jax.process_index() != 0:
+    return lambda *args, **kwargs: None
+  return functools.partial(print, flush=True)
+
+
 def begin(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """A binary's common start: no positional arguments; orbax's INFO logs (every
-  save) off unless ``--verbosity`` is given."""
+  save) off unless ``--verbosity`` is given; with the several-process flags
+  (:func:`define_distributed_flags`), JAX's distributed runtime started
+  before anything touches a device. Bad flags: a one-line ``UsageError``."""
   from absl import app, logging  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flag_values["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  if "num_processes" in flag_values:
+    try:
+      start_distributed(flag_values)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None

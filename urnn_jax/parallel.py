@@ -41,8 +41,12 @@ every process builds the same global batch (or its slice of it), so the same
 run on 1, 4 or 64 devices draws the same data.
 
 Several hosts (processes): call :func:`initialize_distributed` first thing
-(before anything touches a device); every process then runs the same program
-on the global mesh, feeding its slice of each batch; only the primary
+(before anything touches a device; the binaries' ``--num_processes``,
+``--process_id`` and ``--coordinator_address``,
+:func:`urnn_jax.config.define_distributed_flags`, do it in
+:func:`urnn_jax.config.begin`); every process then runs the same program
+on the global mesh (:func:`local_mesh`: the binaries' ``--devices`` over
+all processes), feeding its slice of each batch; only the primary
 process (:func:`is_primary`) writes results and logs. Checkpoints
 (:class:`urnn_jax.training.Checkpoints`, orbax) are saved by *all* processes
 together (orbax writes each shard once and the metadata from the primary).
@@ -494,6 +498,19 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def primary_ok(ok: bool) -> bool:
+  """Process 0's ``ok`` in every process: whether a step that process 0 alone did (e.g. building
+  files the others then read) succeeded, so that every process raises instead of waiting for a
+  process that stopped. A collective (every process calls it; it waits like :func:`barrier`);
+  in one process: ``ok``.
+  """
+  if jax.process_count() == 1:
+    return bool(ok)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(ok))))
+
+
 # ----------------------------------------------------------------------------
 # Checkpoints.
 
@@ -522,22 +539,54 @@ def abstract_like(tree: PyTree, shardings: Any = None) -> PyTree:
 
 
 def local_mesh(count: int, devices: int = 0, *, axis: str = DATA, name: str = "batch_size") -> Mesh:
-  """A one-axis mesh of this process's devices for sharding ``count`` items over ``axis``.
+  """A one-axis mesh for sharding ``count`` items over ``axis``: the binaries' ``--devices``.
 
-  ``devices``: how many (0: the most local devices that divide ``count``,
-  so the default uses every device when it can). The binaries' ``--devices``.
+  One process: ``devices`` of this process's devices (0: the most that
+  divide ``count``, so the default uses every device when it can).
+
+  Several processes (:func:`initialize_distributed`): ``devices`` counts the
+  devices of *all* processes (0: the most that divide ``count`` with the
+  same number from every process); each process gives ``devices /
+  process_count`` of its own devices (its first ones), in process order, so
+  each process holds a contiguous slice of every batch (or of the
+  realizations). Every process must take part: ``devices`` is a multiple of
+  the process count.
 
   Raises:
-    ValueError: more devices asked for than exist, or a ``count`` (named
-      ``name``) that ``devices`` does not divide.
+    ValueError: more devices asked for than exist, a ``devices`` that the
+      process count does not divide, or a ``count`` (named ``name``) that
+      ``devices`` does not divide.
   """
   local = jax.local_devices()
+  procs = jax.process_count()
   if isinstance(devices, bool) or not isinstance(devices, int) or devices < 0:
     raise ValueError(f"devices={devices!r}; expected an int >= 0 (0: as many as divide {name}).")
-  n = devices or max(d for d in range(1, len(local) + 1) if count % d == 0)
-  if n > len(local):
-    raise ValueError(f"devices={n}; only {len(local)} local devices exist.")
-  mesh = make_mesh(data=n, devices=local[:n]) if axis == DATA else make_mesh(
-      data=1, realizations=n, devices=local[:n])
+  if procs == 1:
+    n = devices or max(d for d in range(1, len(local) + 1) if count % d == 0)
+    if n > len(local):
+      raise ValueError(f"devices={n}; only {len(local)} local devices exist.")
+    chosen = local[:n]
+  else:
+    if devices:
+      if devices % procs:
+        raise ValueError(f"devices={devices} is not a multiple of the {procs} processes; expected a"
+                         f" multiple of {procs} (every process gives the same number of devices).")
+      per = devices // procs
+      if per > len(local):
+        raise ValueError(f"devices={devices} asks for {per} per process; only {len(local)} local"
+                         f" devices exist in each ({procs * len(local)} in all).")
+    else:
+      fits = [d for d in range(1, len(local) + 1) if count % (d * procs) == 0]
+      if not fits:
+        raise ValueError(f"{name}={count} is not a multiple of the {procs} processes; expected a"
+                         f" multiple of {procs} (each process holds an equal slice).")
+      per = max(fits)
+    by_process = {}
+    for d in jax.devices():
+      by_process.setdefault(d.process_index, []).append(d)
+    chosen = [d for p in sorted(by_process) for d in by_process[p][:per]]
+  n = len(chosen)
+  mesh = make_mesh(data=n, devices=chosen) if axis == DATA else make_mesh(
+      data=1, realizations=n, devices=chosen)
   check_divides(name, count, mesh, axis)
   return mesh

@@ -14,6 +14,15 @@ here so that every experiment behaves the same way:
 * :class:`Progress`: a progress line with rate and ETA.
 * :func:`write_json`, :func:`write_csv`, :func:`read_json`: results files,
   written atomically.
+
+Several processes (``jax.distributed``; :mod:`urnn_jax.parallel`): every
+process runs the same loop and takes part in every checkpoint save and
+restore (orbax's multi-process checkpoints), but only process 0
+(:func:`is_primary`) writes files: the writers here (:func:`atomic_write`,
+:func:`write_json`, :func:`write_csv`, :func:`write_tables`,
+:func:`save_figure`, :func:`prepare_run_dir`'s config, :func:`fit`'s history)
+do nothing in the other processes, and :func:`fit`'s progress line and
+messages come from process 0 alone.
 """
 
 from __future__ import annotations
@@ -33,7 +42,6 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
 import numpy as np
 import optax
 
@@ -48,6 +56,14 @@ OPTIMIZERS: dict[str, Any] = {
     "sgd": optax.sgd,
 }
 LR_SCHEDULES = ("constant", "cosine")
+
+
+def is_primary() -> bool:
+  """True in process 0 (and in a run of one process): the process that writes files and logs.
+
+  Does not start a backend: without ``jax.distributed`` this is True.
+  """
+  return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def make_optimizer(
@@ -196,22 +212,17 @@ def abstract_leaf(x, sharding=None):
 
 
 def restore_target(target: PyTree) -> PyTree:
-  """The abstract restore target of ``target``: mesh-placed leaves keep their shardings.
+  """The abstract restore target of ``target``: every jax.Array leaf keeps its sharding.
 
-  A leaf that is a ``jax.ShapeDtypeStruct`` stays as it is; a jax.Array with
-  a ``NamedSharding`` (placed by :mod:`urnn_jax.parallel`, on any mesh, one device
-  included) becomes a ShapeDtypeStruct with that sharding, so orbax restores
-  it onto the current mesh whatever device count it was saved from; any
-  other leaf (a single-device array, NumPy, a Python scalar) gets no
-  sharding, so orbax restores it with the sharding it was saved with, as
-  ``Checkpoints.restore`` always did.
+  A leaf that is a ``jax.ShapeDtypeStruct`` stays as it is; a jax.Array
+  (placed by :mod:`urnn_jax.parallel` on a mesh of any size, or a plain
+  one-device array) becomes a ShapeDtypeStruct with its sharding, so orbax
+  restores it onto the current devices whatever device or process count it
+  was saved from (a checkpoint of a two-process run restores into a
+  one-device state); any other leaf (NumPy, a Python scalar) gets no
+  sharding, so orbax restores it with the sharding it was saved with.
   """
-  def one(x):
-    if isinstance(x, jax.Array) and not isinstance(x.sharding, NamedSharding):
-      return jax.ShapeDtypeStruct(x.shape, x.dtype)
-    return abstract_leaf(x)  # ShapeDtypeStructs kept; other leaves have no sharding
-
-  return jax.tree.map(one, target)
+  return jax.tree.map(abstract_leaf, target)
 
 
 def to_host(tree: PyTree) -> PyTree:
@@ -379,8 +390,9 @@ class Checkpoints:
     """Renames a damaged step folder (kept for inspection, no longer a checkpoint)."""
     src = os.path.join(self.directory, str(step))
     dst = os.path.join(self.directory, f"damaged-{step}-{int(time.time())}")
-    if os.path.exists(src):
+    if is_primary() and os.path.exists(src):  # several processes: process 0 renames it
       os.replace(src, dst)
+    _barrier(f"set_aside_{step}")
     self._manager.reload()
     return dst
 
@@ -392,6 +404,27 @@ class Checkpoints:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _barrier(name: str) -> None:
+  """Waits until every process gets here (a no-op in one process)."""
+  if jax.distributed.is_initialized() and jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    multihost_utils.sync_global_devices(name)
+
+
+class NullStream:
+  """A stream that drops what is written (the progress line of processes other than 0)."""
+
+  def write(self, text):
+    return len(text)
+
+  def flush(self):
+    pass
+
+  def isatty(self):
+    return False
 
 
 def _format_seconds(seconds: float) -> str:
@@ -476,7 +509,12 @@ class Progress:
 
 
 def atomic_write(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
+  """Writes ``text`` to ``path`` atomically (a temporary file, then ``os.replace``).
+
+  Process 0 only (:func:`is_primary`): a no-op in the other processes of a run.
+  """
+  if not is_primary():
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
@@ -596,7 +634,9 @@ def batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> np.ndar
 
 
 def save_figure(fig, path: str) -> None:
-  """Saves a matplotlib figure as PNG, atomically."""
+  """Saves a matplotlib figure as PNG, atomically (process 0 only, as :func:`atomic_write`)."""
+  if not is_primary():
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
@@ -899,6 +939,10 @@ def fit(
     raise ValueError(f"train_metrics={train_metrics!r}; expected 'last' or 'mean'.")
   if early_stopping is not None and monitor is None:
     raise ValueError("fit: early_stopping needs monitor (the evaluation key to maximise).")
+  if not is_primary():  # several processes: process 0 alone reports
+    log = lambda *args, **kwargs: None  # pylint: disable=unnecessary-lambda-assignment
+    if progress is None:
+      progress_stream = NullStream()
   ckpt = Checkpoints(checkpoint_dir, max_to_keep=max_to_keep)
   best_ckpt = Checkpoints(best_dir, max_to_keep=max_to_keep) if best_dir else None
   own_progress = progress is None

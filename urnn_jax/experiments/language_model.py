@@ -60,6 +60,7 @@ from urnn_jax import config as config_lib
 from urnn_jax import diagnostics
 from urnn_jax import models as registry
 from urnn_jax import orthogonal
+from urnn_jax import parallel as mesh_lib
 from urnn_jax import training
 from urnn_jax.data import text
 from urnn_jax.gated import UnitaryGRUCell
@@ -73,7 +74,7 @@ CORPORA = ("fortunes", "text", "ptb")
 CONSTRAINT_MODELS = ("urnn", "ugru")
 # Fields that may differ when a run is resumed.
 RESUMABLE = ("epochs", "patience", "data_dir", "num_samples", "sample_length", "temperature", "diagnostics",
-             "diagnostics_batch")
+             "diagnostics_batch", "devices")
 
 # Published anchors (test perplexity on PTB), for scale only.
 PUBLISHED = {
@@ -128,6 +129,15 @@ class Config:
   temperature: float = _f(1.0, "Sampling temperature.")
   diagnostics: bool = _f(True, "Gradient norms across the BPTT window for the eq. (1) models.")
   diagnostics_batch: int = _f(8, "Windows averaged in the gradient norms.")
+  devices: int = _f(0, "Devices the training streams are sharded over (data parallelism: each device holds"
+                    " its streams and their carried state; the parameters are replicated), counted over all"
+                    " processes; 0: the most devices that divide --batch_size (several processes: the same"
+                    " number from each).")
+
+  def mesh(self):
+    """The data-parallel mesh (:func:`urnn_jax.parallel.local_mesh`): ``devices`` devices over all
+    processes (0: the most that divide ``batch_size``)."""
+    return mesh_lib.local_mesh(self.batch_size, self.devices, axis=mesh_lib.DATA, name="batch_size")
 
   def normalized(self) -> "Config":
     """The same run with the fields its model ignores at their defaults (so equal runs compare equal)."""
@@ -165,7 +175,9 @@ class Config:
     registry.get(self.model)
     config_lib.check_ints(self, positive=("vocab_size", "hidden", "embed", "bptt", "batch_size",
                                           "eval_batch_size", "epochs", "sample_length", "diagnostics_batch"),
-                          non_negative=("patience", "max_steps_per_epoch", "checkpoint_every", "num_samples"))
+                          non_negative=("patience", "max_steps_per_epoch", "checkpoint_every", "num_samples",
+                                        "devices"))
+    self.mesh()  # devices: exist and divide the batch
     if self.vocab_size < 3:
       raise ValueError(f"vocab_size must be >= 3 (<unk>, <eos> and a word), got {self.vocab_size}.")
     if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -199,11 +211,19 @@ def load_corpus(config: Config, workdir: str, *, log=print) -> text.Corpus:
   else:
     files = text.expand_paths([p for p in config.data_dir.split(",") if p])
   out = corpus_dir(config, workdir)
-  stats = text.build_text_corpus(files, out, vocab_size=config.vocab_size)
-  training.write_json(os.path.join(out, "stats.json"), {"files": files, **stats})
-  log(f"corpus: {len(files)} {config.corpus} files -> {out}: "
-      + ", ".join(f"{s} {stats[s]['tokens']} tokens (<unk> {100 * stats[s]['unk_rate']:.1f}%)"
-                  for s in text.SPLITS))
+  error = None
+  if training.is_primary():  # several processes: process 0 builds it, the others read it
+    try:
+      stats = text.build_text_corpus(files, out, vocab_size=config.vocab_size)
+    except text.CorpusError as e:
+      error = e
+    else:
+      training.write_json(os.path.join(out, "stats.json"), {"files": files, **stats})
+      log(f"corpus: {len(files)} {config.corpus} files -> {out}: "
+          + ", ".join(f"{s} {stats[s]['tokens']} tokens (<unk> {100 * stats[s]['unk_rate']:.1f}%)"
+                      for s in text.SPLITS))
+  if not mesh_lib.primary_ok(error is None):  # every process waits for process 0's build
+    raise error or text.CorpusError(f"process 0 could not build the corpus in {out} (see its error).")
   corpus = text.load_ptb(out, vocab_size=config.vocab_size)
   return dataclasses.replace(corpus, source=f"{config.corpus}: {config.data_dir or text.FORTUNES_DIR}")
 
@@ -515,14 +535,33 @@ def train_and_evaluate(config: Config, workdir: str, corpus: text.Corpus, *, log
   params0, constants = init_variables(config, model)
   state0 = LMState(jnp.zeros((), jnp.int32), params0, tx.init(params0), initial_carry(config, config.batch_size))
   params_init = jax.device_get(params0)  # a host copy: the training step donates state0's buffers
+  mesh = config.mesh()
+  log(f"[{name}] mesh: {mesh_lib.describe(mesh)}")
+  sharded = mesh.size > 1  # data parallel: the streams (and their carried state) over the data axis
+  if sharded:
+    state_sharding = LMState(*(mesh_lib.replicated_sharding(mesh),) * 3, mesh_lib.batch_sharding(mesh))
+    state0 = mesh_lib.place(state0, state_sharding)
+  # Several processes: each feeds only its streams (rows) of every window.
+  rows = mesh_lib.local_batch_slice(mesh, config.batch_size) if jax.process_count() > 1 else None
+
+  def batch_fn(s: int):
+    x, y = batches[s % spe]
+    if rows is not None:
+      return mesh_lib.shard_local_batch(mesh, (x[rows], y[rows]))
+    return mesh_lib.shard_batch(mesh, (x, y)) if sharded else (x, y)
+
   valid, test = same_shape(text.eval_windows(corpus.valid, config.eval_batch_size, config.bptt),
                            text.eval_windows(corpus.test, config.eval_batch_size, config.bptt))
   fns: dict = {}
 
   def compile_steps() -> float:
     t0 = time.perf_counter()
-    step = jax.jit(make_train_step(config, model, constants, tx, spe), donate_argnums=0)
-    fns["train"] = step.lower(state0, batches[0]).compile()
+    step_fn = make_train_step(config, model, constants, tx, spe)
+    if sharded:  # the state's and the windows' shardings fixed in and out (the carry stays on its devices)
+      step = mesh_lib.sharded_step(step_fn, mesh, state_sharding, mesh_lib.batch_sharding(mesh))
+    else:
+      step = jax.jit(step_fn, donate_argnums=0)
+    fns["train"] = step.lower(state0, batch_fn(0)).compile()
     fns["eval"] = jax.jit(make_eval_fn(config, model, constants))
     fns["eval"](params_init, *valid)  # compiles it (for the evaluation shapes)
     return time.perf_counter() - t0
@@ -548,7 +587,7 @@ def train_and_evaluate(config: Config, workdir: str, corpus: text.Corpus, *, log
     return f"ep {entry['epoch']} valid ppl {entry['val_ppl']:.2f} best@{entry.get('best_so_far')}"
 
   out = training.fit(
-      state0, training.stepwise(lambda s, b: fns["train"](s, b), lambda s: batches[s % spe]),
+      state0, training.stepwise(lambda s, b: fns["train"](s, b), batch_fn),
       total_steps=config.epochs * spe, eval_every=spe, evaluate=evaluate_state, train_metrics="mean",
       checkpoint_dir=os.path.join(run_dir, "checkpoints"), checkpoint_every=config.checkpoint_every,
       early_stopping=training.EarlyStopping(config.patience), monitor="val_log_likelihood",

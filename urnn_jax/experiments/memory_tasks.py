@@ -108,11 +108,15 @@ class Config:
   k: int | None = _f(None, "kth_highest: k (default 3).")
   diagnostics_batch: int = _f(32, "Sequences averaged in the gradient norms.")
   diagnostics: bool = _f(True, "Gradient norms ||dL/dh(k)|| and the Jacobian bound check for the eq. (1) models.")
-  devices: int = _f(0, "Devices the batch is sharded over (data parallelism; the parameters are replicated);"
-                    " 0: the most local devices that divide --batch_size.")
+  devices: int = _f(0, "Devices the batch is sharded over (data parallelism; the parameters are replicated),"
+                    " counted over all processes; 0: the most devices that divide --batch_size (several"
+                    " processes: the same number from each).")
 
   def mesh(self):
-    """The data-parallel mesh: ``devices`` local devices (0: the most that divide ``batch_size``)."""
+    """The data-parallel mesh (:func:`urnn_jax.parallel.local_mesh`): ``devices`` devices over all
+    processes (0: the most that divide ``batch_size``). Each step draws its batch inside the
+    jitted step from ``(seed, step)``, each device its rows, so every process count sees the
+    same global batches."""
     return mesh_lib.local_mesh(self.batch_size, self.devices, axis=mesh_lib.DATA, name="batch_size")
 
   def resolved(self) -> "Config":

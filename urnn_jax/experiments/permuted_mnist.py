@@ -94,11 +94,13 @@ class Config:
   unroll: int = _f(1, "lax.scan unroll factor.")
   seed: int = _f(0, "Seed of the pixel permutation, validation split, init and batches.")
   permute: bool = _f(True, "Permute the pixels (--nopermute: sequential pixel MNIST).")
-  devices: int = _f(0, "Devices the batch is sharded over (data parallelism; the parameters are replicated);"
-                    " 0: the most local devices that divide --batch_size.")
+  devices: int = _f(0, "Devices the batch is sharded over (data parallelism; the parameters are replicated),"
+                    " counted over all processes; 0: the most devices that divide --batch_size (several"
+                    " processes: the same number from each).")
 
   def mesh(self):
-    """The data-parallel mesh: ``devices`` local devices (0: the most that divide ``batch_size``)."""
+    """The data-parallel mesh (:func:`urnn_jax.parallel.local_mesh`): ``devices`` devices over all
+    processes (0: the most that divide ``batch_size``)."""
     return mesh_lib.local_mesh(self.batch_size, self.devices, axis=mesh_lib.DATA, name="batch_size")
 
   def run_name(self) -> str:
@@ -296,8 +298,13 @@ def train_and_evaluate(config: Config, workdir: str, data: images.SequenceSplits
   def epoch_batches(epoch: int) -> np.ndarray:
     return training.batch_indices(jax.random.fold_in(data_key(config), epoch), n_train, config.batch_size)[:spe]
 
+  # Several processes: each gathers only its rows of every (global) batch.
+  rows = mesh_lib.local_batch_slice(mesh, config.batch_size) if jax.process_count() > 1 else None
+
   def batch_fn(step: int):
     b = epoch_batches(step // spe)[step % spe]
+    if rows is not None:
+      return mesh_lib.shard_local_batch(mesh, (data.train_x[b[rows]], data.train_y[b[rows]]))
     batch = data.train_x[b], data.train_y[b]
     return mesh_lib.shard_batch(mesh, batch) if sharded else batch
 

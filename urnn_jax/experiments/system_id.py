@@ -111,7 +111,8 @@ class Config:
   unroll: int = _f(1, "lax.scan unroll of the recurrences.")
   eval_batch: int = _f(100, "Test sequences per evaluation call.")
   devices: int = _f(0, "Devices the realizations are sharded over (the mesh's realization axis; results do"
-                    " not depend on it); 0: the most local devices that divide --realizations.")
+                    " not depend on it), counted over all processes; 0: the most devices that divide"
+                    " --realizations (several processes: the same number from each).")
 
   def teacher_spec(self) -> synthetic.TeacherSpec:
     return synthetic.TeacherSpec(snr_db=self.snr_db, inputs=self.inputs, seq_len=self.length)
@@ -123,7 +124,8 @@ class Config:
     return self.epochs * self.steps_per_epoch()
 
   def mesh(self):
-    """The realization mesh: ``devices`` local devices (0: the most that divide ``realizations``)."""
+    """The realization mesh (:func:`urnn_jax.parallel.local_mesh`): ``devices`` devices over all
+    processes (0: the most that divide ``realizations``)."""
     return mesh_lib.local_mesh(self.realizations, self.devices, axis=mesh_lib.REALIZATIONS, name="realizations")
 
   def derived(self) -> dict:
@@ -343,9 +345,10 @@ def epoch_order(config: Config, epoch: int) -> np.ndarray:
 
 def evaluate_r2(progs: Programs, params, constants, x, y, *, eval_batch: int = 100) -> np.ndarray:
   """``(R,)`` test R^2 of stacked ``params`` on stacked ``(x, y)`` (per-channel average)."""
-  pred = np.concatenate([np.asarray(progs.predict(params, constants, x[:, s:s + eval_batch]))
+  # to_host: realizations spread over several processes are gathered (a collective).
+  pred = np.concatenate([mesh_lib.to_host(progs.predict(params, constants, x[:, s:s + eval_batch]))
                          for s in range(0, x.shape[1], eval_batch)], axis=1)
-  return np.asarray(jax.vmap(synthetic.r2_score)(jnp.asarray(y), jnp.asarray(pred)))
+  return np.asarray(jax.vmap(synthetic.r2_score)(jnp.asarray(mesh_lib.to_host(y)), jnp.asarray(pred)))
 
 
 def recurrent_kernel(model_name: str, hidden: int, params, constants) -> np.ndarray | None:
@@ -354,7 +357,7 @@ def recurrent_kernel(model_name: str, hidden: int, params, constants) -> np.ndar
     return None
   cell_vars = {k: v["rnn"]["cell"] for k, v in {"params": params, **constants}.items()}
   cell = registry.make_cell(model_name, registry.ModelOptions(hidden))
-  return np.asarray(jax.vmap(lambda v: cell.apply(v, method=lambda m: m.transition_kernel()))(cell_vars))
+  return mesh_lib.to_host(jax.vmap(lambda v: cell.apply(v, method=lambda m: m.transition_kernel()))(cell_vars))
 
 
 # ----------------------------------------------------------------------------
@@ -405,8 +408,9 @@ def train_configuration(config: Config, model_name: str, hidden: int, data: Data
   def postfix(carry: Carry, step: int, entry) -> str:
     # The median: one realization with a huge (finite) loss must not hide the rest.
     e = step // spe
-    alive = np.asarray(carry.alive) > 0
-    loss = float(np.median(np.asarray(carry.loss_history)[e - 1][alive])) if e else math.nan
+    alive, history = mesh_lib.to_host((carry.alive, carry.loss_history))  # every process calls it
+    alive = alive > 0
+    loss = float(np.median(history[e - 1][alive])) if e else math.nan
     return f"{name} epoch {e}/{config.epochs} median loss {loss:.4g}"
 
   out = training.fit(
@@ -423,16 +427,16 @@ def train_configuration(config: Config, model_name: str, hidden: int, data: Data
   carry = out.state
   params = carry.state.params
   r2 = evaluate_r2(progs, params, constants, data.x_test, data.y_test, eval_batch=config.eval_batch)
-  alive = np.asarray(carry.alive) > 0
+  alive, hist, diverged_steps = mesh_lib.to_host((carry.alive, carry.loss_history, carry.diverged_step))
+  alive = alive > 0
   # Diverged in training: NaN. Alive but non-finite test predictions (an
   # unstable free RNN can blow up on new inputs): -inf, the worst R^2.
   r2 = np.where(alive, np.where(np.isfinite(r2), r2, -np.inf), np.nan)
   kernel = recurrent_kernel(model_name, hidden, params, constants)
   ortho = None if kernel is None else np.asarray(orthogonal.orthogonality_error(jnp.asarray(kernel)))
   spec_norm = None if kernel is None else np.linalg.norm(kernel, ord=2, axis=(-2, -1))
-  hist = np.asarray(carry.loss_history)
   rows = [{"realization": r, "test_r2": float(r2[r]), "diverged": bool(not alive[r]),
-           "diverged_step": int(carry.diverged_step[r]) if not alive[r] else None,
+           "diverged_step": int(diverged_steps[r]) if not alive[r] else None,
            "final_train_loss": float(hist[-1, r]) if alive[r] else None,
            "orthogonality_error": None if ortho is None else float(ortho[r]),
            "w_spectral_norm": None if spec_norm is None else float(spec_norm[r])}
@@ -608,6 +612,8 @@ def run(config: Config, workdir: str, *, log: Callable[[str], None] = print,
   initial = sum(_latest_step(os.path.join(workdir, "checkpoints", config_name(m, h))) for m, h in todo)
   stream = sys.stderr if progress_stream is None else progress_stream
   tty = hasattr(stream, "isatty") and stream.isatty()
+  if not training.is_primary():  # several processes: process 0 alone reports
+    stream, tty = training.NullStream(), False
   progress = training.Progress(config.total_steps() * len(todo), "system_id", initial=initial, stream=stream,
                                min_interval=0.5 if tty else 15.0)  # Logs: a line per 15 s.
   lock = threading.Lock()
@@ -646,6 +652,7 @@ def run(config: Config, workdir: str, *, log: Callable[[str], None] = print,
         pool.shutdown(cancel_futures=True)
   progress.close()
 
+  mesh_lib.barrier("system_id_results")  # several processes: process 0 has written every result
   # Every configuration's result in the workdir (earlier runs of it with other --models or
   # --hidden included: the settings that decide a result are checked by prepare_run_dir).
   results = [training.read_json(os.path.join(results_dir, f)) for f in sorted(os.listdir(results_dir))
