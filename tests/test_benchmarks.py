@@ -29,7 +29,7 @@ def _run_binary(module, *args):
 
 
 def test_scan_throughput_binary(tmp_path):
-  models = ("recurrence,recurrence_bm,projection,matmul_chain,urnn_rnn,urnn_orth_expm,urnn_lstm,"
+  models = ("recurrence,recurrence_bm,projection,matmul_chain,urnn_rnn,urnn_rnn_remat,urnn_lstm,"
             "flax_simple,torch_rnn")
   proc = _run_binary("benchmarks.scan_throughput", "--smoke", f"--models={models}",
                      f"--out_dir={tmp_path}")
@@ -48,10 +48,14 @@ def test_scan_throughput_binary(tmp_path):
     assert r["us_per_step"] > 0 and r["steps_per_s"] > 0
     assert (r["compile_s"] is None) == r["model"].startswith("torch")
     assert r["frac_of_peak"] > 0
+    if r["mode"] == "fwdbwd" and not r["model"].startswith("torch"):  # the compiled program's buffers
+      assert r["memory_method"] == "memory_analysis" and r["memory_mb"] > 0
+  assert {r["input_size"] for r in timed} == {8, 2}  # the smoke points: m = n and m = 2
   for name in scan_throughput.FWD_ONLY_MODELS:  # the breakdown rows are forward only
     assert {r["mode"] for r in timed if r["model"] == name} == {"fwd"}
-  assert len(payload["targets"]) == 4
+  assert len(payload["targets"]) == 15
   assert "# Scan throughput" in md and "| urnn_rnn |" in md and "## Targets" in md
+  assert "| urnn_rnn_remat |" in md and "fwd+bwd MB" in md
   assert "target:" in proc.stdout
 
 
@@ -99,21 +103,42 @@ def test_scan_throughput_breakdown_programs_compute_what_they_name():
 
 
 def test_scan_throughput_target_logic():
-  def row(model, mode, n, b, t, median_s, frac=0.1):
-    return {"model": model, "mode": mode, "hidden": n, "batch": b, "seq_len": t,
-            "us_per_step": 1e6 * median_s / t, "median_s": median_s, "frac_of_peak": frac,
-            "recurrent_gflops": 1.0}
+  def row(model, mode, n, b, t, median_s, frac=0.1, m=None, mb=None, compile_s=None):
+    r = {"model": model, "mode": mode, "hidden": n, "batch": b, "seq_len": t,
+         "input_size": m or n, "us_per_step": 1e6 * median_s / t, "median_s": median_s,
+         "frac_of_peak": frac, "recurrent_gflops": 1.0, "compile_s": compile_s}
+    return r if mb is None else {**r, "memory_mb": mb}
 
   rows = [
-      row("urnn_rnn", "fwdbwd", 64, 32, 1000, 1.0), row("flax_simple", "fwdbwd", 64, 32, 1000, 1.5),
-      row("urnn_rnn", "fwdbwd", 256, 32, 1000, 1.0), row("flax_simple", "fwdbwd", 256, 32, 1000, 1.2),
+      row("urnn_rnn", "fwdbwd", 64, 32, 1000, 1.0, mb=10, compile_s=1.0),
+      row("flax_simple", "fwdbwd", 64, 32, 1000, 1.6, mb=12, compile_s=1.0),
+      row("urnn_rnn", "fwdbwd", 64, 32, 1000, 1.0, m=2, mb=13, compile_s=3.0),
+      row("flax_simple", "fwdbwd", 64, 32, 1000, 1.2, m=2, mb=12, compile_s=1.0),
       row("torch_rnn", "fwdbwd", 64, 32, 1000, 0.9),
       row("recurrence", "fwd", 256, 256, 1000, 1.0, frac=0.6),
+      row("urnn_rnn", "fwd", 256, 256, 1000, 1.2),
+      row("urnn_rnn", "fwdbwd", 64, 32, 10_000, 10.0, m=2),
+      {"model": "urnn_rnn_remat", "mode": "fwdbwd", "hidden": 64, "batch": 32, "seq_len": 10_000,
+       "input_size": 2, "skipped": "too slow"},
   ]
-  targets = scan_throughput.evaluate_targets(rows)
-  assert [t["met"] for t in targets] == [True, False, False, True]
-  assert targets[0]["value"] == pytest.approx(1.5)
-  assert targets[2]["value"] == pytest.approx(0.9)
+  targets = {t["target"]: t for t in scan_throughput.evaluate_targets(rows)}
+  assert len(targets) == 15
+  speed = lambda n, m: targets[f"Recurrent fwd+bwd >= 1.5x flax nn.RNN(SimpleCell), T=1000 B=32 n={n} m={m}"]
+  assert speed(64, 64)["met"] is True and speed(64, 64)["value"] == pytest.approx(1.6)
+  assert speed(64, 2)["met"] is False and speed(64, 1)["met"] is None
+  torch_t = next(t for k, t in targets.items() if "torch" in k)
+  assert torch_t["met"] is False and torch_t["value"] == pytest.approx(0.9)
+  peak = targets["forward recurrence >= 50% of matmul peak at n=256, B=256"]
+  assert peak["met"] is True
+  layer = targets["layer forward within 1.25x of its recurrence row at n=256, B=256"]
+  assert layer["met"] is True and layer["value"] == pytest.approx(1.2)
+  mem = next(t for k, t in targets.items() if "memory" in k)
+  assert mem["met"] is False and mem["value"] == pytest.approx(13 / 12)
+  assert targets["urnn_rnn fwd+bwd runs at T=10000, n=64, B=32, m=2"]["met"] is True
+  assert targets["urnn_rnn_remat fwd+bwd runs at T=10000, n=64, B=32, m=2"]["met"] is False
+  assert targets["urnn_rnn fwd+bwd runs at T=100000, n=64, B=32, m=2"]["met"] is None
+  comp = next(t for k, t in targets.items() if "compile" in k)
+  assert comp["met"] is False and comp["value"] == pytest.approx(3.0)
 
 
 def test_common_timing_and_output(tmp_path):

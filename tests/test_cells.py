@@ -321,3 +321,196 @@ def test_bad_sizes_fail_with_the_field_name():
         nn.RNN(cls(bad)).init(jax.random.key(0), x)
   with pytest.raises(ValueError, match=r"rebase: cell_params must be the parametrised cell's own sub-dict holding 'recurrent_generator'"):
     urnn_jax.rebase({"recurrent_kernel": jnp.eye(2)}, {"base": jnp.eye(2)})
+
+
+# ---------------------------------------------------------------------------
+# The complex unitary cell (issue 20): modReLU and UnitaryRNNCell.
+
+
+def _np_modrelu(z, b, eps):
+  """Independent reference: z / r * max(r + b, 0), r = sqrt(|z|^2 + eps^2), in NumPy."""
+  z = np.asarray(z, np.complex128)
+  r = np.sqrt(np.abs(z) ** 2 + eps ** 2)
+  return z / r * np.maximum(r + np.asarray(b, np.float64), 0.0)
+
+
+def test_modrelu_matches_numpy_and_the_exact_formula(x64):
+  rng = np.random.RandomState(0)
+  z = rng.randn(5, 7) + 1j * rng.randn(5, 7)
+  b = rng.uniform(-1.5, 0.5, size=7)
+  for eps in (1e-5, 0.3):
+    got = np.asarray(urnn_jax.modrelu(jnp.asarray(z), jnp.asarray(b), eps=eps))
+    np.testing.assert_allclose(got, _np_modrelu(z, b, eps), rtol=0, atol=1e-13)
+  # Against the unsmoothed z/|z| relu(|z| + b): exact with eps=0, within eps^2-ish by default.
+  exact = z / np.abs(z) * np.maximum(np.abs(z) + b, 0.0)
+  np.testing.assert_allclose(urnn_jax.modrelu(jnp.asarray(z), jnp.asarray(b), eps=0.0), exact,
+                             rtol=0, atol=1e-14)
+  assert np.max(np.abs(np.asarray(urnn_jax.modrelu(jnp.asarray(z), jnp.asarray(b))) - exact)) < 1e-8
+  # Units with |z| + b <= 0 are switched off; the phase is kept elsewhere.
+  out = np.asarray(urnn_jax.modrelu(jnp.asarray(z), jnp.asarray(b), eps=0.0))
+  off = np.abs(z) + b <= 0
+  assert off.any() and (~off).any()
+  np.testing.assert_array_equal(out[off], 0)
+  np.testing.assert_allclose(np.angle(out[~off]), np.angle(z[~off]), atol=1e-12)
+  # Real inputs: sign(z) relu(|z| + b).
+  x = rng.randn(7)
+  np.testing.assert_allclose(urnn_jax.modrelu(jnp.asarray(x), jnp.asarray(b), eps=0.0),
+                             np.sign(x) * np.maximum(np.abs(x) + b, 0), atol=1e-14)
+
+
+def test_modrelu_gradient_at_and_near_zero(x64):
+  # The loss L = |modReLU(z)|^2 summed, differentiated in z (= x + iy) and b.
+  def loss(z, b, eps):
+    return jnp.sum(jnp.abs(urnn_jax.modrelu(z, b, eps=eps)) ** 2)
+
+  for eps in (1e-5, 0.0):
+    for b in (-0.3, 0.0, 0.4):
+      bb = jnp.full((3,), b)
+      z0 = jnp.zeros((3,), jnp.complex128)
+      v = urnn_jax.modrelu(z0, bb, eps=eps)
+      gz, gb = jax.grad(loss, argnums=(0, 1))(z0, bb, eps)
+      assert np.all(np.isfinite(v)) and np.all(np.asarray(v) == 0)
+      assert np.all(np.isfinite(gz)) and np.all(np.isfinite(gb))
+      # The Jacobian at 0 (a JVP) is finite too: relu(eps + b) / eps times the tangent (0 if eps=0).
+      _, tangent = jax.jvp(lambda z: urnn_jax.modrelu(z, bb, eps=eps), (z0,), (jnp.ones(3, jnp.complex128),))
+      expected = 0.0 if eps == 0 else max(eps + b, 0.0) / eps
+      np.testing.assert_allclose(tangent, expected, rtol=1e-10)
+  # Near zero, the gradient is the finite-difference one (b < 0: the unit is off, gradient 0;
+  # b = 0: modReLU is the identity up to eps, |z|^2 has gradient 2 conj... i.e. jax.grad = 2 z).
+  z = jnp.asarray([1e-3 + 2e-3j, -3e-4j, 5e-2 + 0j])
+  for b in (-0.3, 0.0, 0.2):
+    bb = jnp.full((3,), b)
+    g = jax.grad(loss)(z, bb, 1e-5)
+    h = 1e-7
+    for k in range(3):
+      e = np.zeros(3, np.complex128)
+      e[k] = 1.0
+      dx = (loss(z + h * e, bb, 1e-5) - loss(z - h * e, bb, 1e-5)) / (2 * h)
+      dy = (loss(z + 1j * h * e, bb, 1e-5) - loss(z - 1j * h * e, bb, 1e-5)) / (2 * h)
+      # JAX's convention: grad = dL/dx - i dL/dy.
+      np.testing.assert_allclose(complex(g[k]), complex(dx) - 1j * complex(dy), rtol=1e-5, atol=1e-9)
+    if b < 0:
+      np.testing.assert_array_equal(g[:2], 0)
+  for bad, err, match in ((-1.0, ValueError, "eps must be a finite number >= 0, got eps=-1.0"),
+                          ("x", TypeError, "eps must be a real number >= 0")):
+    with pytest.raises(err, match=match):
+      urnn_jax.modrelu(z, jnp.zeros(3), eps=bad)
+  with pytest.raises(TypeError, match="modrelu: bias must be real.*complex128"):
+    urnn_jax.modrelu(z, jnp.zeros(3, jnp.complex128))
+
+
+def _unitary_loop(k, v, b, x, h0, eps):
+  """Independent reference (NumPy, one step at a time): h = modReLU(h W^T... in rows: h K + x V^T)."""
+  k, v, b, x = (np.asarray(a) for a in (k, v, b, x))
+  h = np.broadcast_to(np.asarray(h0, np.complex128), x.shape[:-2] + (k.shape[0],)).copy()
+  hs = []
+  for t in range(x.shape[-2]):
+    h = _np_modrelu(h @ k + x[..., t, :] @ v, b, eps)
+    hs.append(h)
+  return np.stack(hs, axis=-2)
+
+
+def test_unitary_cell_contract_and_layout():
+  cell = urnn_jax.UnitaryRNNCell(5)
+  assert isinstance(cell, urnn_jax.HoistableCell) and cell.supports_complex
+  carry = cell.initialize_carry(jax.random.key(0), (2, 3))
+  assert carry.shape == (2, 5) and carry.dtype == jnp.complex64
+  v = cell.init(jax.random.key(1), carry, jnp.ones((2, 3)))
+  p = v["params"]
+  assert jax.tree.map(lambda a: (a.shape, a.dtype.name), p) == {
+      "input": {"kernel": ((3, 5), "complex64")}, "modrelu_bias": ((5,), "float32"),
+      "recurrent_kernel": ((5, 5), "complex64")}
+  assert float(orthogonal.orthogonality_error(p["recurrent_kernel"])) < 1e-5
+  assert np.any(np.abs(np.imag(p["recurrent_kernel"])) > 0.1)  # genuinely complex
+  h, y = cell.apply(v, carry, jnp.ones((2, 3)))
+  assert h.dtype == jnp.complex64 and h.shape == (2, 5)
+  np.testing.assert_array_equal(h, y)
+  # b = 0 at init: modReLU is the identity (up to eps), so one step from 0 is x V^T.
+  np.testing.assert_allclose(h, jnp.ones((2, 3)) @ p["input"]["kernel"], rtol=1e-5)
+  # The constraint finds W by its default label.
+  assert urnn_jax.optim.recurrent_kernel_mask(p) == {
+      "input": {"kernel": False}, "modrelu_bias": False, "recurrent_kernel": True}
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_unitary_cell_fast_path_matches_a_plain_loop_values_and_gradients(x64, time_major):
+  n, m, T, eps = 4, 3, 6, 1e-5
+  cell = urnn_jax.UnitaryRNNCell(n, param_dtype=jnp.complex128, eps=eps,
+                                 modrelu_bias_init=nn.initializers.uniform(0.6))
+  layer = urnn_jax.Recurrent(cell, time_major=time_major)
+  x = jax.random.normal(jax.random.key(1), (2, T, m), jnp.float64)
+  xs = jnp.swapaxes(x, 0, 1) if time_major else x
+  variables = layer.init(jax.random.key(0), xs)
+  p = variables["params"]["cell"]
+  # Shift b so that some units are switched off by modReLU (|a| + b <= 0) and others not.
+  p = dict(p, modrelu_bias=jnp.linspace(-1.5, 0.3, n))
+  hs = layer.apply({"params": {"cell": p}}, xs)
+  hs = jnp.swapaxes(hs, 0, 1) if time_major else hs
+  ref = _unitary_loop(p["recurrent_kernel"], p["input"]["kernel"], p["modrelu_bias"], x, 0.0, eps)
+  assert hs.dtype == jnp.complex128
+  np.testing.assert_allclose(hs, ref, rtol=0, atol=1e-12)
+  assert np.any(np.asarray(hs) == 0) and np.any(np.abs(np.asarray(hs)) > 0)
+
+  # Gradients (the custom VJP, with the modReLU bias) against plain autodiff of a Python loop.
+  target = jax.random.normal(jax.random.key(2), (2, T, n)) + 1j * jax.random.normal(jax.random.key(3), (2, T, n))
+
+  def loss_layer(p):
+    out = layer.apply({"params": {"cell": p}}, xs)
+    out = jnp.swapaxes(out, 0, 1) if time_major else out
+    return jnp.sum(jnp.abs(out - target) ** 2)
+
+  def loss_loop(p):
+    h, out = jnp.zeros((2, n), jnp.complex128), []
+    for t in range(T):
+      h = urnn_jax.modrelu(h @ p["recurrent_kernel"] + x[:, t] @ p["input"]["kernel"],
+                           p["modrelu_bias"], eps=eps)
+      out.append(h)
+    return jnp.sum(jnp.abs(jnp.stack(out, 1) - target) ** 2)
+
+  g_layer, g_loop = jax.grad(loss_layer)(p), jax.grad(loss_loop)(p)
+  np.testing.assert_allclose(loss_layer(p), loss_loop(p), rtol=1e-12)
+  for name in ("recurrent_kernel", "modrelu_bias"):
+    assert np.max(np.abs(g_loop[name])) > 1e-3
+    np.testing.assert_allclose(g_layer[name], g_loop[name], rtol=0, atol=1e-10)
+  np.testing.assert_allclose(g_layer["input"]["kernel"], g_loop["input"]["kernel"], rtol=0, atol=1e-10)
+  assert g_layer["modrelu_bias"].dtype == jnp.float64
+
+
+def test_unitary_cell_through_flax_rnn_and_with_a_parametrisation(x64):
+  x = jax.random.normal(jax.random.key(1), (2, 6, 3), jnp.float64)
+  cell = urnn_jax.UnitaryRNNCell(4, param_dtype=jnp.complex128)
+  layer = urnn_jax.Recurrent(cell)
+  v = layer.init(jax.random.key(0), x)
+  rnn = nn.RNN(cell)
+  np.testing.assert_allclose(rnn.apply(v, x), layer.apply(v, x), rtol=0, atol=1e-13)
+  for par in ("expm", "cayley"):
+    pcell = urnn_jax.UnitaryRNNCell(4, param_dtype=jnp.complex128, parametrization=par,
+                                    generator_init=nn.initializers.normal(0.5))
+    players = urnn_jax.Recurrent(pcell)
+    pv = players.init(jax.random.key(0), x)
+    assert set(pv) == {"params", "constants"} and "recurrent_kernel" not in pv["params"]["cell"]
+    a = pv["params"]["cell"]["recurrent_generator"]
+    assert a.dtype == jnp.complex128 and np.any(np.imag(a) != 0)
+    k = players.apply(pv, method=lambda m: m.cell.transition_kernel())
+    assert float(orthogonal.orthogonality_error(k)) < 1e-12
+    skew = 0.5 * (np.asarray(a) - np.asarray(a).conj().T)
+    import scipy.linalg
+    m_ = scipy.linalg.expm(skew) if par == "expm" else np.linalg.solve(np.eye(4) - skew / 2, np.eye(4) + skew / 2)
+    np.testing.assert_allclose(k, np.asarray(pv["constants"]["cell"]["base"]) @ m_, atol=1e-12)
+    if par == "expm":
+      prnn = nn.RNN(pcell, variable_broadcast=("params", "constants"))
+      np.testing.assert_allclose(prnn.apply(pv, x), players.apply(pv, x), rtol=0, atol=1e-13)
+
+
+def test_unitary_cell_rejects_bad_fields():
+  x = jnp.ones((1, 2, 3))
+  for kw, err, match in [
+      ({"param_dtype": jnp.float32}, TypeError, r"UnitaryRNNCell: param_dtype must be a complex dtype.*float32"),
+      ({"dtype": jnp.float64}, TypeError, r"UnitaryRNNCell: dtype must be a complex dtype.*float64"),
+      ({"parametrization": "qr"}, ValueError, r"UnitaryRNNCell: parametrization='qr' is not supported"),
+      ({"eps": -1.0}, ValueError, r"UnitaryRNNCell: eps must be a finite number >= 0"),
+  ]:
+    with pytest.raises(err, match=match):
+      urnn_jax.Recurrent(urnn_jax.UnitaryRNNCell(3, **kw)).init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match=r"UnitaryRNNCell: features must be a positive int, got features=0"):
+    urnn_jax.Recurrent(urnn_jax.UnitaryRNNCell(0)).init(jax.random.key(0), x)

@@ -160,3 +160,26 @@ def test_bad_shape_sizes_raise():
     initializers.henaff()(KEY, (2.5, 2.5))
   with pytest.raises(TypeError, match=r"eps"):
     initializers.contractive("0.1")
+
+
+def test_diagonal_phases_is_arjovskys_unitary_diagonal(x64):
+  init = urnn_jax.initializers.diagonal_phases()
+  w = np.asarray(init(KEY, (500, 6, 6), jnp.complex128))
+  assert w.dtype == np.complex128
+  d = np.diagonal(w, axis1=-2, axis2=-1)
+  np.testing.assert_array_equal(w - d[..., None] * np.eye(6), 0)  # diagonal
+  np.testing.assert_allclose(np.abs(d), 1.0, atol=1e-15)  # unit modulus: unitary
+  theta = np.angle(d).ravel()  # ~ U[-pi, pi]: mean 0, variance pi^2 / 3
+  assert abs(theta.mean()) < 0.1 and abs(theta.var() - np.pi ** 2 / 3) < 0.15
+  assert not np.allclose(w[0], w[1])  # independent draws along the batch
+  # skew=True: the skew-Hermitian generator diag(i theta), whose expm is the diagonal.
+  a = urnn_jax.initializers.diagonal_phases(skew=True)(KEY, (500, 6, 6), jnp.complex128)
+  np.testing.assert_allclose(np.asarray(a), -np.conj(np.swapaxes(np.asarray(a), -1, -2)), atol=0)
+  np.testing.assert_allclose(np.asarray(orthogonal.expm_skew(a[:3])), w[:3], atol=1e-12)
+  assert init(KEY, (3, 3), jnp.complex64).dtype == jnp.complex64
+  with pytest.raises(ValueError, match=r"diagonal_phases needs a complex dtype.*dtype=float32"):
+    init(KEY, (3, 3), jnp.float32)
+  with pytest.raises(ValueError, match="square shape"):
+    init(KEY, (3, 4), jnp.complex64)
+  with pytest.raises(TypeError, match="dtype must be a floating or complex dtype"):
+    init(KEY, (3, 3), jnp.int32)

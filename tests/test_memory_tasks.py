@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from urnn_jax import models as registry
 from urnn_jax import orthogonal, training
 from urnn_jax.data import memory
 from urnn_jax.experiments import memory_tasks as mt
@@ -88,6 +89,37 @@ def test_other_models_take_a_step_and_constraints_hold():
     if model.startswith("urnn"):
       theta = mt.eq1_params(config, model, {"params": state.params, **run.constants})
       assert float(orthogonal.orthogonality_error(theta.W)) < 1e-4, model
+
+
+def test_complex_model_takes_the_constraint_flag_and_reports_its_unitarity():
+  # --constraint picks urnn_complex's constraint (default: the Cayley retraction, which keeps
+  # W's singular values; projection lands on the group), the recurrent learning rate reaches
+  # its W, and orthogonality / num_params cover complex W.
+  task = memory.get_task("first_term")
+  for constraint, lands_on_group in ((None, False), ("projection", True)):
+    config = tiny(task="first_term", length=3, hidden=4, constraint=constraint, learning_rate=0.1,
+                  recurrent_learning_rate=1e-12)
+    config.validate()
+    run = mt.build(config, "urnn_complex", task)
+    train_step, _ = mt.make_steps(config, task, run)
+    state = training.create_train_state(run.init_params, run.tx)
+    new, metrics = jax.jit(train_step)(state)
+    assert np.isfinite(float(metrics["loss"]))
+    w0, w1 = (s.params["rnn"]["cell"]["recurrent_kernel"] for s in (state, new))
+    np.testing.assert_allclose(np.asarray(w1), np.asarray(w0), atol=1e-5)  # W's rate: 1e-12
+    assert np.abs(np.asarray(new.params["head"]["kernel"] - state.params["head"]["kernel"])).max() > 1e-3
+    err = mt.orthogonality(config, "urnn_complex", run, new.params)
+    assert err is not None and err < 1e-5
+    # A zero step from W = 2 U: the projection returns U, the retraction keeps 2 U.
+    params = jax.tree.map(lambda x: x, state.params)
+    params["rnn"]["cell"]["recurrent_kernel"] = 2 * w0
+    zeros = jax.tree.map(np.zeros_like, params)
+    updates, _ = run.tx.update(zeros, run.tx.init(params), params)
+    w2 = params["rnn"]["cell"]["recurrent_kernel"] + updates["rnn"]["cell"]["recurrent_kernel"]
+    assert (float(orthogonal.orthogonality_error(w2)) < 1e-5) == lands_on_group, constraint
+  assert registry.count_params({"w": np.zeros((2, 3), np.complex64), "b": np.zeros(4, np.float32)}) == 16
+  with pytest.raises(ValueError, match="constraint='bogus'"):
+    tiny(constraint="bogus").validate()
 
 
 def _histories(run_dir, model):

@@ -30,12 +30,18 @@ def test_every_entry_builds_a_cell_and_an_optimizer_that_steps(name):
   tx = models.make_tx(name, optax.sgd(0.1), options)
   opt_state = tx.init(params)
   x = jax.random.normal(jax.random.key(1), (2, 5, 3))
-  grads = jax.grad(lambda p: jnp.sum(layer.apply({"params": p, **rest}, x) ** 2))(params)
+  # |y|^2: the complex entries' states are complex (the loss stays real).
+  grads = jax.grad(lambda p: jnp.sum(jnp.abs(layer.apply({"params": p, **rest}, x)) ** 2))(params)
   updates, _ = tx.update(grads, opt_state, params)
   new = optax.apply_updates(params, updates)
   spec = models.get(name)
   cell = models.make_cell(name, options)
   assert isinstance(cell, nn.RNNCellBase)
+  if isinstance(cell, urnn_jax.UnitaryRNNCell):  # complex: W unitary after the step, and it moved
+    kernel = layer.apply({"params": new, **rest}, method=lambda m: m.cell.transition_kernel())
+    before = layer.apply(variables, method=lambda m: m.cell.transition_kernel())
+    assert kernel.dtype == jnp.complex64 and float(orthogonal.orthogonality_error(kernel)) < 1e-5
+    assert float(jnp.max(jnp.abs(kernel - before))) > 1e-4
   if spec.eq1:
     assert cell.activation == "tanh"
     kernel = layer.apply({"params": new, **rest}, method=lambda m: m.cell.transition_kernel())
@@ -58,6 +64,31 @@ def test_the_entries_match_the_seeds_models():
   assert models.get("urnn_param_expm").constraint is None
   assert models.adjusted_hidden("urnn", 8) == 4 and models.adjusted_hidden("rnn", 8) == 8
   assert not models.get("lstm").eq1 and models.get("contrnn").eq1
+
+
+def test_the_complex_entries_and_their_default_constraint():
+  o = models.ModelOptions(hidden=5)
+  cell = models.make_cell("urnn_complex", o)
+  assert type(cell) is urnn_jax.UnitaryRNNCell and cell.features == 5 and cell.parametrization is None
+  assert models.make_cell("urnn_param_complex_expm", o).parametrization == "expm"
+  assert models.make_cell("urnn_param_complex_cayley", o).parametrization == "cayley"
+  for name in ("urnn_complex", "urnn_param_complex_expm", "urnn_param_complex_cayley"):
+    assert not models.get(name).eq1 and not models.get(name).orthogonal
+  assert models.get("urnn_param_complex_expm").constraint is None
+  # constraint=None is each model's default: Cayley (full-capacity) for urnn_complex, SVD for urnn.
+  w = urnn_jax.initializers.haar()(jax.random.key(0), (4, 4), jnp.complex64)
+  params = {"recurrent_kernel": w}
+  u = 0.05 * (jax.random.normal(jax.random.key(1), (4, 4)) + 0j).astype(jnp.complex64)
+
+  def step(name, constraint):
+    tx = models.get(name).constraint(models.ModelOptions(hidden=4, constraint=constraint))
+    return tx.update({"recurrent_kernel": u}, tx.init(params), params)[0]["recurrent_kernel"]
+
+  from urnn_jax import optim
+  for name, default in (("urnn_complex", optim.cayley_retraction()), ("urnn", optim.orthogonal_projection())):
+    want = default.update({"recurrent_kernel": u}, default.init(params), params)[0]["recurrent_kernel"]
+    np.testing.assert_array_equal(step(name, None), want)
+  np.testing.assert_array_equal(step("urnn_complex", "projection"), step("urnn", None))
 
 
 def test_the_urnn_constraint_follows_the_option():

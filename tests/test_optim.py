@@ -505,3 +505,182 @@ def test_degenerate_projection_raises_eagerly_and_is_documented_under_jit():
   # numpy floats are numbers too
   optim.spectral_norm_projection(np.float32(0.5))
   optim.orthogonal_projection("newton_schulz", tol=np.float32(1e-3))
+
+
+# --------------------------------------------------------------------------
+# Complex parameters by default (issue 20): constrained() conjugates jax.grad itself.
+
+
+def _complex_problem(n=6, m=3, num=40):
+  """A complex least-squares problem: params {'w': unitary K, 'v': complex (m, n), 'c': real}."""
+  k = jax.random.split(jax.random.key(5), 5)
+  q = _haar((n, n), jnp.complex128, seed=7)
+  v_true = (jax.random.normal(k[0], (m, n)) + 1j * jax.random.normal(k[1], (m, n))) / 2
+  x = jax.random.normal(k[2], (num, n)) + 1j * jax.random.normal(k[3], (num, n))
+  u = jax.random.normal(k[4], (num, m))
+  y = x @ q + u @ v_true + 0.5
+
+  def loss(p):
+    return jnp.mean(jnp.abs(x @ p["cell"]["recurrent_kernel"] + u @ p["cell"]["v"] + p["c"] - y) ** 2)
+
+  params = {"cell": {"recurrent_kernel": jnp.eye(n, dtype=jnp.complex128),
+                     "v": jnp.zeros((m, n), jnp.complex128)}, "c": jnp.zeros((n,), jnp.float64)}
+  return loss, params
+
+
+def test_conjugate_complex_and_conjugated_touch_only_complex_leaves():
+  g = {"w": jnp.array([[1 + 2j]], jnp.complex64), "b": jnp.array([3.0])}
+  tx = optim.conjugate_complex()
+  u, state = tx.update(g, tx.init(g))
+  assert state == optax.EmptyState()
+  np.testing.assert_array_equal(u["w"], [[1 - 2j]])
+  np.testing.assert_array_equal(u["b"], [3.0])
+  # conjugated(opt) keeps opt's state and, on real leaves, its updates exactly.
+  params = {"cell": {"recurrent_kernel": _haar((4, 4)), "input": {"kernel": jnp.ones((2, 4))}}}
+  grads = jax.tree.map(lambda p: jax.random.normal(KEY, p.shape), params)
+  for inner in (optax.adam(1e-2), optim.constrained(optax.adam(1e-2), optim.cayley_retraction())):
+    wrapped = optim.conjugated(inner)
+    s0, s1 = inner.init(params), wrapped.init(params)
+    assert jax.tree.structure(s0) == jax.tree.structure(s1)
+    a, _ = inner.update(grads, s0, params)
+    b, _ = wrapped.update(grads, s1, params)
+    jax.tree.map(lambda p, q: np.testing.assert_array_equal(p, q), a, b)
+  # constrained() on real params has the same state layout as chain(opt, masked(constraint)).
+  tx = optim.constrained(optax.adam(1e-2), optim.cayley_retraction())
+  old = optax.chain(optax.adam(1e-2), optax.masked(optim.cayley_retraction(), optim.recurrent_kernel_mask))
+  assert jax.tree.structure(tx.init(params)) == jax.tree.structure(old.init(params))
+  with pytest.raises(TypeError, match="conjugated: optimizer must be an optax.GradientTransformation"):
+    optim.conjugated(lambda g: g)
+
+
+def test_constrained_adam_descends_on_every_complex_leaf(x64):
+  loss, params = _complex_problem()
+  tx = optim.constrained(optax.adam(2e-2), optim.cayley_retraction())
+  raw = optax.chain(optax.adam(2e-2), optax.masked(optim.cayley_retraction(), optim.recurrent_kernel_mask))
+
+  def run(tx, steps=300):
+    @jax.jit
+    def go(p):
+      def body(carry, _):
+        p, s = carry
+        u, s = tx.update(jax.grad(loss)(p), s, p)  # raw jax.grad: no conjugation here
+        return (optax.apply_updates(p, u), s), loss(p)
+      (p, _), curve = jax.lax.scan(body, (p, tx.init(p)), None, length=steps)
+      return p, curve
+    return go(params)
+
+  p, curve = run(tx)
+  assert float(curve[0]) > 1.0
+  assert float(loss(p)) < 1e-3 * float(curve[0])
+  assert orthogonal.orthogonality_error(p["cell"]["recurrent_kernel"]) < 1e-12
+  # Without the conjugation (the same chain fed raw jax.grad) the complex leaves do not descend.
+  p_raw, curve_raw = run(raw)
+  assert float(loss(p_raw)) > 0.5 * float(curve_raw[0])
+
+
+def test_constrained_update_is_a_descent_direction_matching_finite_differences(x64):
+  loss, params = _complex_problem()
+  # Move off the start so that no gradient entry is zero.
+  params = jax.tree.map(lambda a: a + 0.1 * (1 + 1j if jnp.iscomplexobj(a) else 1.0) * jnp.cos(
+      jnp.arange(a.size).reshape(a.shape)), params)
+  params["cell"]["recurrent_kernel"] = orthogonal.project(params["cell"]["recurrent_kernel"])
+  lr = 1e-3
+  for constraint in (optim.cayley_retraction(), optim.orthogonal_projection()):
+    tx = optim.constrained(optax.adam(lr), constraint)
+    g = jax.jit(jax.grad(loss))(params)
+    u, _ = jax.jit(tx.update)(g, tx.init(params), params)
+    # First-order change along the applied update: Re <G, u> with G = conj(jax.grad).
+    predicted = sum(float(jnp.sum(jnp.real(gi * ui))) for gi, ui in zip(jax.tree.leaves(g), jax.tree.leaves(u)))
+    h = 1e-4
+    shifted = jax.jit(lambda t: loss(jax.tree.map(lambda p, d: p + t * d, params, u)))
+    fd = float((shifted(h) - shifted(-h)) / (2 * h))
+    assert predicted < 0 and fd < 0
+    np.testing.assert_allclose(fd, predicted, rtol=1e-6)
+    # Adam's first step on a free complex leaf is -lr G / |G| per entry: its change is -lr sum |G|.
+    gv, uv = g["cell"]["v"], u["cell"]["v"]
+    np.testing.assert_allclose(float(jnp.sum(jnp.real(gv * uv))), -lr * float(jnp.sum(jnp.abs(gv))),
+                               rtol=1e-6)
+
+
+def test_constrained_solves_complex_procrustes_without_manual_conjugation(x64):
+  # Cayley (Wisdom's update); every constraint with hand-conjugated gradients:
+  # test_adam_plus_constraint_solves_procrustes.
+  x, y, w_star = _procrustes(jnp.complex128)
+  n = w_star.shape[0]
+  steps = 1000
+  tx = optim.constrained(optax.adam(optax.exponential_decay(1e-1, steps, 1e-3)), optim.cayley_retraction())
+
+  def loss(p):
+    return jnp.sum(jnp.abs(p["recurrent_kernel"] @ x - y) ** 2) / x.shape[1]
+
+  @jax.jit
+  def run(p):
+    def body(carry, _):
+      p, s = carry
+      u, s = tx.update(jax.grad(loss)(p), s, p)
+      return (optax.apply_updates(p, u), s), None
+    return jax.lax.scan(body, (p, tx.init(p)), None, length=steps)[0][0]
+
+  p = run({"recurrent_kernel": jnp.eye(n, dtype=jnp.complex128)})
+  np.testing.assert_allclose(np.asarray(p["recurrent_kernel"]), w_star, rtol=0, atol=1e-8)
+
+
+COMPLEX_LONG_RUN = dict(GROUP_CONSTRAINTS, parametrization_expm=None)
+
+
+@pytest.mark.parametrize("name", sorted(COMPLEX_LONG_RUN))
+def test_complex_stays_unitary_for_10000_float32_adam_steps(name):
+  """Each constraint (and the parametrisation) through constrained()/conjugated(), complex64, n = 8."""
+  n = 8
+  w0 = _haar((n, n), jnp.complex64, seed=4)
+  if name.startswith("parametrization"):
+    kind = name.split("_")[1]
+    to_w = lambda p: w0 @ (orthogonal.expm_skew if kind == "expm" else orthogonal.cayley)(
+        orthogonal.skew(p["recurrent_generator"]))
+    params = {"recurrent_generator": jnp.zeros((n, n), jnp.complex64)}
+    tx = optim.conjugated(optax.adam(1e-2))
+  else:
+    to_w = lambda p: p["recurrent_kernel"]
+    params = {"recurrent_kernel": w0}
+    tx = optim.constrained(optax.adam(1e-2), GROUP_CONSTRAINTS[name]())
+
+  @jax.jit
+  def run(p):
+    def body(carry, key):
+      p, s = carry
+      kr, ki = jax.random.split(key)
+      g = jax.tree.map(lambda a: (jax.random.normal(kr, a.shape) + 1j * jax.random.normal(ki, a.shape)
+                                  ).astype(a.dtype), p)
+      u, s = tx.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+    return jax.lax.scan(body, (p, tx.init(p)), jax.random.split(KEY, 10_000))[0][0]
+
+  w = to_w(run(params))
+  assert w.dtype == jnp.complex64
+  assert np.abs(np.asarray(w) - np.asarray(w0)).max() > 0.1  # it did move
+  w128 = np.asarray(w, np.complex128)
+  assert np.linalg.norm(w128.conj().T @ w128 - np.eye(n)) < 1e-5
+
+
+def test_svd_projection_falls_back_when_lapack_returns_nan(monkeypatch):
+  """LAPACK's SVD can fail silently (NaN); project(method='svd') then uses Newton-Schulz."""
+  def failing_svd(w, full_matrices=False):
+    u, s, vh = jnp.linalg.svd(w, full_matrices=full_matrices)
+    return u * jnp.nan, s, vh
+
+  w = 1.001 * _haar((3, 8, 8), seed=2) + 1e-3 * jax.random.normal(KEY, (3, 8, 8))
+  expected = np.stack([np.linalg.svd(m)[0] @ np.linalg.svd(m)[2] for m in np.asarray(w, np.float64)])
+  monkeypatch.setattr(orthogonal, "_svd", failing_svd)
+  assert not np.all(np.isfinite(np.asarray(failing_svd(w)[0])))
+  project = jax.jit(orthogonal.project)
+  for f in (project, jax.jit(jax.vmap(orthogonal.project))):
+    got = f(w)
+    assert np.all(np.isfinite(np.asarray(got)))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
+    assert np.max(orthogonal.orthogonality_error(got)) < 1e-5
+  # Through the optimiser-side constraint too (complex); non-finite inputs still propagate.
+  wc = _haar((8, 8), jnp.complex64) + 1e-3
+  tx = optim.orthogonal_projection()
+  u, _ = jax.jit(tx.update)(jnp.zeros_like(wc), tx.init(wc), wc)
+  assert float(orthogonal.orthogonality_error(wc + u)) < 1e-5
+  assert not np.all(np.isfinite(np.asarray(project(w.at[0, 0, 0].set(jnp.nan)))))

@@ -484,3 +484,100 @@ def test_bad_head_sizes_and_empty_sequences():
         np.testing.assert_array_equal(c, 0.0)
   reg = urnn_jax.SequenceRegressor(urnn_jax.RNNCell(3), 2)
   assert reg.apply(reg.init(jax.random.key(0), empty), empty).shape == (2, 0, 2)
+
+
+# ---------------------------------------------------------------------------
+# Complex cells (issue 20): the recurrence's custom VJP, and the heads' [Re h, Im h] read-out.
+
+
+def _complex(key, shape):
+  k1, k2 = jax.random.split(key)
+  return jax.random.normal(k1, shape, jnp.float64) + 1j * jax.random.normal(k2, shape, jnp.float64)
+
+
+def _soft(a):  # a non-holomorphic, parameter-free activation
+  return a / (1.0 + jnp.abs(a))
+
+
+def test_recurrence_custom_vjp_is_exact_for_complex_kernels_and_states(x64):
+  """The custom VJP (plain transposes, JAX's convention) against autodiff of a Python loop."""
+  n, T, B = 3, 5, 2
+  ks = jax.random.split(jax.random.key(0), 6)
+  kernel = 0.6 * _complex(ks[0], (n, n))
+  h0 = 0.3 * _complex(ks[2], (B, n))
+  bias = _complex(ks[3], (n,))
+  b_mod = jnp.array([-0.5, 0.1, 0.3])
+  target = _complex(ks[4], (B, T, n))
+  lengths = jnp.array([T, 3])
+  # A closed-form derivative (tanh), none (identity), a callable's own VJP, activation params;
+  # time- and batch-major loops, with and without lengths.
+  cases = [("tanh", None, False, None), ("identity", None, True, lengths), (_soft, None, False, lengths),
+           (_soft, None, True, None), (urnn_jax.modrelu, b_mod, True, None),
+           (urnn_jax.modrelu, b_mod, False, lengths)]
+  for activation, params, batch_major, lens in cases:
+    phi = urnn_jax.get_activation(activation)
+    z = _complex(ks[1], (B, T, n) if batch_major else (T, B, n))
+
+    def loss_kernel(kernel, z, h0, bias, params):
+      _, hs = urnn_jax.recurrence(kernel, z, h0, activation, bias=bias, lengths=lens,
+                                  batch_major=batch_major, activation_params=params)
+      hs = hs if batch_major else jnp.swapaxes(hs, 0, 1)
+      return jnp.sum(jnp.abs(hs - target) ** 2)
+
+    def loss_loop(kernel, z, h0, bias, params):
+      zb = z if batch_major else jnp.swapaxes(z, 0, 1)
+      h, out = h0, []
+      for t in range(T):
+        a = h @ kernel + zb[:, t] + bias
+        new = phi(a) if params is None else phi(a, params)
+        valid = jnp.ones((B, 1), bool) if lens is None else (t < lens)[:, None]
+        h = jnp.where(valid, new, h)
+        out.append(jnp.where(valid, new, 0))
+      return jnp.sum(jnp.abs(jnp.stack(out, 1) - target) ** 2)
+
+    argnums = (0, 1, 2, 3) if params is None else (0, 1, 2, 3, 4)
+    args = (kernel, z, h0, bias, params)
+    np.testing.assert_allclose(loss_kernel(*args), loss_loop(*args), rtol=1e-12)
+    got = jax.grad(loss_kernel, argnums=argnums)(*args)
+    want = jax.grad(loss_loop, argnums=argnums)(*args)
+    for g, w in zip(got, want):
+      assert np.max(np.abs(w)) > 1e-3
+      np.testing.assert_allclose(g, w, rtol=0, atol=1e-10)
+
+
+def test_heads_read_a_complex_cell_out_from_its_real_and_imaginary_parts(x64):
+  cell = urnn_jax.UnitaryRNNCell(4, param_dtype=jnp.complex128)
+  x = jax.random.normal(jax.random.key(1), (3, 7, 2), jnp.float64)
+  reg = urnn_jax.SequenceRegressor(cell, 2, use_bias=True)
+  v = reg.init(jax.random.key(0), x)
+  assert v["params"]["readout"]["kernel"].shape == (8, 2)
+  assert v["params"]["readout"]["kernel"].dtype == jnp.float64
+  y = reg.apply(v, x)
+  hs = reg.apply(v, x, method="hidden_states")
+  assert hs.dtype == jnp.complex128 and y.dtype == jnp.float64 and y.shape == (3, 7, 2)
+  feats = np.concatenate([np.real(hs), np.imag(hs)], -1)
+  ro = v["params"]["readout"]
+  np.testing.assert_allclose(y, feats @ np.asarray(ro["kernel"]) + np.asarray(ro["bias"]), atol=1e-13)
+  np.testing.assert_array_equal(urnn_jax.recurrent.real_features(jnp.ones(3)), jnp.ones(3))
+  with pytest.raises(ValueError, match="UnitaryRNNCell is not an eq. \\(1\\) cell"):
+    urnn_jax.SequenceRegressor(cell, 2).apply(v, method="rnn_params")
+  # The classifier: real logits from [Re h, Im h] of each sequence's last valid step.
+  clf = urnn_jax.LastStateClassifier(cell, 5)
+  cv = clf.init(jax.random.key(0), x)
+  lengths = jnp.array([7, 2, 4])
+  logits = clf.apply(cv, x, seq_lengths=lengths)
+  hs = clf.apply(cv, x, method="hidden_states", seq_lengths=lengths)
+  last = np.asarray(hs)[np.arange(3), np.asarray(lengths) - 1]
+  head = cv["params"]["head"]
+  np.testing.assert_allclose(
+      logits, np.concatenate([last.real, last.imag], -1) @ np.asarray(head["kernel"]) + np.asarray(head["bias"]),
+      atol=1e-13)
+  assert logits.dtype == jnp.float64
+  # A complex eq. (1) cell behind the regressor has no eq. (1) C: refused, with or without the model.
+  ocell = urnn_jax.OrthogonalRNNCell(4, activation="tanh", param_dtype=jnp.complex128)
+  oreg = urnn_jax.SequenceRegressor(ocell, 2)
+  ov = oreg.init(jax.random.key(0), x)
+  assert oreg.apply(ov, x).dtype == jnp.float64
+  for call in (lambda: oreg.apply(ov, method="rnn_params"), lambda: urnn_jax.to_rnn_params(ov)):
+    with pytest.raises(ValueError, match=r"the cell is complex, and the head reads it out from \[Re h, Im h\]"):
+      call()

@@ -590,3 +590,69 @@ def test_layer_learned_activation_gradient(x64, kind, time_major, masked):
   if not masked:  # The cell's own step (HoistableCell.__call__) under flax.linen.RNN agrees.
     np.testing.assert_allclose(nn.RNN(cell).apply(variables, x),
                                _python_loop_states(params["cell"], x, None, kind), rtol=0, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------
+# Opt-in rematerialisation (recurrence(..., remat=...)): the same values and
+# gradients as the default custom VJP, to float64 rounding.
+# ---------------------------------------------------------------------------
+
+
+def _remat_loss(activation, g_hs, g_last, *, lengths, batch_major, remat, params=False):
+  def loss(kernel, z, h0, bias, *p):
+    zz = jnp.moveaxis(z, 0, -2) if batch_major else z
+    h_last, hs = recurrence(kernel, zz, h0, activation, bias=bias, lengths=lengths,
+                            batch_major=batch_major, remat=remat,
+                            activation_params=p[0] if params else None)
+    hs = jnp.moveaxis(hs, -2, 0) if batch_major else hs
+    return jnp.sum(jnp.real(g_hs * hs)) + jnp.sum(jnp.real(g_last * h_last))
+
+  return loss
+
+
+@pytest.mark.parametrize("masked,batch_major", [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("activation", ["relu", "soft", "modrelu"])  # phi' from h, from a, params
+def test_remat_matches_default(x64, activation, masked, batch_major):
+  T, batch_shape, n = 12, (3,), 4
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(60), T, batch_shape, n)
+  bias = 0.1 * jax.random.normal(jax.random.key(61), (n,), jnp.float64)
+  lengths = jnp.array([12, 5, 0]) if masked else None
+  params = activation == "modrelu"
+  act = PARAM_ACTIVATIONS["modrelu"] if params else CALLABLES.get(activation, activation)
+  args = (kernel, z, h0, bias) + ((_activation_params("modrelu", n),) if params else ())
+  argnums = tuple(range(len(args)))
+  want = jax.grad(_remat_loss(act, g_hs, g_last, lengths=lengths, batch_major=batch_major,
+                              remat=False, params=params), argnums=argnums)(*args)
+  for remat in ((True, 1, 4, 12) if activation == "relu" else (True, 4)):  # True: S = 3
+    loss = _remat_loss(act, g_hs, g_last, lengths=lengths, batch_major=batch_major,
+                       remat=remat, params=params)
+    assert_trees_close(jax.grad(loss, argnums=argnums)(*args), want)
+    assert float(loss(*args)) == pytest.approx(float(
+        _remat_loss(act, g_hs, g_last, lengths=lengths, batch_major=batch_major, remat=False,
+                    params=params)(*args)), rel=1e-12)
+
+
+def test_remat_layer_complex_jit_and_errors(x64):
+  # The layer passes remat through; complex (UnitaryRNNCell-like) states and jit work.
+  x = jax.random.normal(jax.random.key(62), (2, 8, 3), jnp.float64)
+  layer = urnn_jax.Recurrent(urnn_jax.RNNCell(4, activation="tanh", param_dtype=jnp.float64))
+  variables = layer.init(jax.random.key(63), x)
+  grads = [jax.jit(jax.grad(lambda v, r=r: jnp.sum(jnp.sin(layer.clone(remat=r).apply(v, x)))))(
+      variables) for r in (False, True, 2)]
+  assert_trees_close(grads[1], grads[0])
+  assert_trees_close(grads[2], grads[0])
+  kernel, z, h0, g_hs, g_last = _problem(jax.random.key(64), 6, (2,), 3, dtype=jnp.complex128)
+  loss = lambda r: (lambda k, z, h0: _remat_loss("tanh", g_hs, g_last, lengths=None,
+                                                 batch_major=False, remat=r)(k, z, h0, None))
+  assert_trees_close(jax.grad(loss(2), argnums=(0, 1, 2))(kernel, z, h0),
+                     jax.grad(loss(False), argnums=(0, 1, 2))(kernel, z, h0))
+  assert urnn_jax.rnn.remat_segment(1000, True) == 25
+  assert urnn_jax.rnn.remat_segment(100_000, True) == 250
+  with pytest.raises(ValueError, match="must divide"):
+    recurrence(kernel, z, h0, "tanh", remat=4)
+  with pytest.raises(ValueError, match="remat"):
+    recurrence(kernel, z, h0, "tanh", remat=0)
+  with pytest.raises(ValueError, match="custom_gradient"):
+    recurrence(kernel, z, h0, "tanh", remat=True, custom_gradient=False)
+  with pytest.raises(TypeError, match="remat"):
+    recurrence(kernel, z, h0, "tanh", remat=2.0)

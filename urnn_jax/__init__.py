@@ -4,7 +4,8 @@ The public API, by name:
 
 * the paper's model as a pure function: :class:`RNNParams`, :func:`simulate`;
 * Flax cells and the fast sequence layer: :class:`RNNCell`,
-  :class:`OrthogonalRNNCell`, :class:`HoistableCell` (the fast-cell protocol's
+  :class:`OrthogonalRNNCell`, :class:`UnitaryRNNCell` (complex, with
+  :func:`modrelu`), :class:`HoistableCell` (the fast-cell protocol's
   base class, for third-party cells), :class:`UnitaryGRUCell` (the uGRU) and
   :class:`HoistableGatedCell` (the gated cells' fast path), :class:`Recurrent`,
   :class:`SequenceRegressor`, :class:`LastStateClassifier`,
@@ -20,6 +21,8 @@ from urnn_jax import theory
 from urnn_jax.cells import HoistableCell
 from urnn_jax.cells import OrthogonalRNNCell
 from urnn_jax.cells import RNNCell
+from urnn_jax.cells import UnitaryRNNCell
+from urnn_jax.cells import modrelu
 from urnn_jax.cells import rebase
 from urnn_jax.gated import HoistableGatedCell
 from urnn_jax.gated import UnitaryGRUCell
@@ -48,10 +51,12 @@ __all__ = [
     "Recurrent",
     "SequenceRegressor",
     "UnitaryGRUCell",
+    "UnitaryRNNCell",
     "check_params",
     "from_rnn_params",
     "get_activation",
     "initializers",
+    "modrelu",
     "optim",
     "orthogonal",
     "rebase",

@@ -1,4 +1,8 @@
-"""Flax linen cells for the paper's RNN (eq. 1) and its unitary version.
+"""Flax linen cells for the paper's RNN (eq. 1), its orthogonal version, and the complex uRNN.
+
+:class:`RNNCell` and :class:`OrthogonalRNNCell` are eq. (1) cells;
+:class:`UnitaryRNNCell` is the complex unitary RNN of the uRNN literature
+(h in C^n, W unitary, the :func:`modrelu` activation with a learned bias).
 
 The cells follow :class:`flax.linen.RNNCellBase`, so ``flax.linen.RNN(cell)``
 works unchanged.
@@ -87,11 +91,13 @@ transition matrices by the leaf name ``recurrent_kernel``.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from urnn_jax import initializers as inits
 from urnn_jax import orthogonal
@@ -115,11 +121,16 @@ class _InputProjection(nn.Module):
   bias_init: Initializer
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x, custom_gradient: bool = False, separate_bias: bool = False):
     kernel = self.param("kernel", self.kernel_init, (jnp.shape(x)[-1], self.features),
                         self.param_dtype)
+    if not self.use_bias:  # x F^T alone (no 'bias' parameter)
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+      y = project_rows(x, kernel) if custom_gradient else x @ kernel
+      return (y, None) if separate_bias else y
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
     # flax's promotion is inexact: integer x (or variables) become floating.
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
@@ -430,6 +441,262 @@ class OrthogonalRNNCell(_Eq1Cell):
       m = orthogonal.expm_skew(a) if self.parametrization == "expm" else orthogonal.cayley(a)
       k = self.base.value @ m
     return k if self.dtype is None else k.astype(self.dtype)
+
+
+def _check_modrelu_eps(where: str, eps) -> float:
+  if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+    raise TypeError(f"{where}: eps must be a real number >= 0, got {type(eps).__name__}: eps={eps!r}.")
+  if not 0 <= eps < float("inf"):
+    raise ValueError(f"{where}: eps must be a finite number >= 0, got eps={eps!r}.")
+  return float(eps)
+
+
+def modrelu(z, bias, *, eps: float = 1e-5) -> jax.Array:
+  r"""modReLU (Arjovsky et al., 2016): z / |z| * relu(|z| + b), elementwise.
+
+  .. math:: \mathrm{modReLU}(z, b) = \frac{z}{r}\,\mathrm{relu}(r + b), \qquad
+            r = \sqrt{|z|^2 + \epsilon^2}.
+
+  It keeps the phase of ``z`` and shifts its modulus by the real bias ``b``
+  (``b < 0`` switches small units off; ``b = 0`` is the identity up to the
+  smoothing). The modulus is smoothed by ``eps`` so that the value and the
+  gradient are finite everywhere, z = 0 included: modReLU(0, b) = 0, and its
+  derivative there is relu(eps + b) / eps (1 for b = 0; for b > 0 the exact
+  modReLU is discontinuous at 0 and this bounds its slope by about
+  b / eps). Away from 0 it differs from the exact formula by at most about
+  ``eps**2 / (2 |z|) * (1 + |b| / |z|)``. With ``eps=0`` the exact formula
+  is used, guarded at z = 0 (value 0 and a zero gradient there; near 0 the
+  gradient then grows like b / |z| for b > 0).
+
+  Works on real ``z`` too (then it is sign(z) relu(|z| + b)).
+
+  Args:
+    z: real or complex array ``(..., n)``.
+    bias: real array broadcastable to ``z`` (the learned per-unit b, ``(n,)``).
+    eps: the smoothing, a finite number >= 0.
+
+  Raises:
+    TypeError: a complex ``bias`` (b must be real), a non-number ``eps``.
+    ValueError: a negative or non-finite ``eps``.
+
+  Example:
+    >>> import jax.numpy as jnp, urnn_jax
+    >>> z = jnp.array([3 + 4j, 0j, 0.1j])
+    >>> urnn_jax.modrelu(z, jnp.array([-1.0, 0.5, -0.5]), eps=0.0)
+    Array([2.4+3.2j, 0. +0.j , 0. +0.j ], dtype=complex64)
+  """
+  eps = _check_modrelu_eps("modrelu", eps)
+  z = jnp.asarray(z)
+  bias = jnp.asarray(bias)
+  if jnp.issubdtype(bias.dtype, jnp.complexfloating):
+    raise TypeError(
+        f"modrelu: bias must be real (a shift of the modulus |z|), got dtype {bias.dtype}.")
+  if not jnp.issubdtype(z.dtype, jnp.inexact):
+    z = z.astype(jnp.result_type(float))
+  real = jnp.finfo(z.dtype).dtype
+  s = jnp.square(jnp.real(z)) + jnp.square(jnp.imag(z)) if jnp.iscomplexobj(z) else jnp.square(z)
+  s = s + jnp.asarray(eps * eps, real)
+  positive = s > 0
+  r = jnp.sqrt(jnp.where(positive, s, 1))  # the where keeps the unselected gradient finite
+  scale = jnp.where(positive, jax.nn.relu(r + bias.astype(real)) / r, 0)
+  return z * scale.astype(real)
+
+
+class _ModReLU:
+  """phi(a, b) = modrelu(a, b, eps=eps): a hashable activation (equal for equal eps)."""
+
+  supports_complex = True
+  __name__ = "modrelu"
+
+  def __init__(self, eps: float):
+    self.eps = eps
+
+  def __call__(self, a, b):
+    return modrelu(a, b, eps=self.eps)
+
+  def __eq__(self, other):
+    return type(other) is _ModReLU and other.eps == self.eps
+
+  def __hash__(self):
+    return hash((_ModReLU, self.eps))
+
+  def __repr__(self):
+    return f"modrelu(eps={self.eps!r})"
+
+
+def _real_dtype(dtype):
+  """The real dtype of a complex one (complex64 -> float32); None and real dtypes unchanged."""
+  if dtype is None:
+    return None
+  dtype = jnp.dtype(dtype)
+  return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
+
+
+class UnitaryRNNCell(HoistableCell):
+  r"""The complex unitary RNN cell with modReLU (Arjovsky et al., 2016; Wisdom et al., 2016).
+
+  .. math:: h^{(k)} = \mathrm{modReLU}(W h^{(k-1)} + V x^{(k)},\ b),
+            \qquad h \in \mathbb{C}^n,\ W^H W = I,
+
+  with a learned real modReLU bias b per unit (:func:`modrelu`); real inputs
+  x, complex V and W. The heads (:class:`urnn_jax.SequenceRegressor`,
+  :class:`urnn_jax.LastStateClassifier`) read a complex state out from
+  ``[Re h, Im h]`` with a real layer, so n complex units are 2n real
+  features.
+
+  Parameter layout (row-vector convention, as the real cells)::
+
+      {'input': {'kernel': (m, n) complex}, 'recurrent_kernel': (n, n) complex,
+       'modrelu_bias': (n,) real}
+
+  i.e. V = ``input.kernel.T``, W = ``recurrent_kernel.T`` (unitary exactly
+  when ``recurrent_kernel`` is). There is no additive input bias: b inside
+  modReLU plays that role.
+
+  Two ways to keep W unitary (as :class:`OrthogonalRNNCell`):
+
+  * ``parametrization=None`` (default): the free ``recurrent_kernel``,
+    initialised unitary (Haar), kept unitary by an optimiser-side
+    constraint that finds it by its name, e.g.
+    ``urnn_jax.optim.constrained(optax.adam(1e-3), urnn_jax.optim.cayley_retraction())``
+    (Wisdom et al.'s full-capacity Cayley step; the SVD projection or the
+    expm retraction work too). :func:`urnn_jax.optim.constrained` conjugates
+    JAX's complex gradients itself: nothing else is needed in the chain.
+  * ``parametrization="expm"`` or ``"cayley"``: the cell stores a free
+    complex ``recurrent_generator`` A and uses K = base @ map(skew(A)),
+    skew(A) = (A - A^H) / 2 skew-Hermitian, so K is unitary for any A; base
+    (drawn by ``recurrent_kernel_init``) is a ``constants`` variable, as in
+    :class:`OrthogonalRNNCell` (``nn.RNN`` then needs
+    ``variable_broadcast=("params", "constants")``). Any optimiser works, but
+    A and V are complex: wrap it in :func:`urnn_jax.optim.conjugated` (what
+    :func:`urnn_jax.models.make_tx` does).
+
+  It is a :class:`HoistableCell` (``supports_complex`` True), so
+  :class:`urnn_jax.Recurrent` hoists V x for all steps and builds W once,
+  and the recurrence's custom VJP differentiates modReLU (and b) by its own
+  ``jax.vjp``; ``flax.linen.RNN(cell)`` works too.
+
+  Attributes:
+    features: n, the number of complex units.
+    kernel_init: initialiser of V^T ``(m, n)``, complex (default
+      ``lecun_normal``: E|V_ij|^2 = 1 / m).
+    recurrent_kernel_init: initialiser of K (or of ``base``); default
+      :func:`urnn_jax.initializers.haar` (Haar-unitary for a complex dtype);
+      :func:`urnn_jax.initializers.diagonal_phases` is Arjovsky et al.'s.
+    modrelu_bias_init: initialiser of b ``(n,)`` (default zeros: modReLU
+      starts as the identity, a linear unitary RNN).
+    carry_init: initialiser of h(-1) (default zeros).
+    parametrization: ``None``, ``"expm"`` or ``"cayley"``.
+    generator_init: initialiser of A with a parametrisation (default zeros).
+    eps: modReLU's smoothing (see :func:`modrelu`).
+    dtype: the computation dtype (None: from the inputs and parameters), complex.
+    param_dtype: complex dtype of V, W (A, base) and the carry; b has the
+      matching real dtype. Default ``complex64``.
+
+  Raises (at the first use): TypeError for a ``features`` that is not an
+  int, a ``param_dtype`` / ``dtype`` that is not complex, a bad ``eps``;
+  ValueError for ``features < 1``, an unknown ``parametrization``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, urnn_jax
+    >>> layer = urnn_jax.Recurrent(urnn_jax.UnitaryRNNCell(4))
+    >>> x = jnp.ones((2, 5, 3))
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> hs = layer.apply(variables, x)
+    >>> hs.shape, hs.dtype
+    ((2, 5, 4), dtype('complex64'))
+    >>> k = variables["params"]["cell"]["recurrent_kernel"]
+    >>> bool(urnn_jax.orthogonal.orthogonality_error(k) < 1e-5)
+    True
+  """
+
+  features: int
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  recurrent_kernel_init: Initializer = inits.haar()
+  modrelu_bias_init: Initializer = nn.initializers.zeros_init()
+  carry_init: Initializer = nn.initializers.zeros_init()
+  parametrization: str | None = None
+  generator_init: Initializer = nn.initializers.zeros_init()
+  eps: float = 1e-5
+  dtype: Any = None
+  param_dtype: Any = jnp.complex64
+
+  @property
+  def supports_complex(self) -> bool:
+    return True
+
+  def _check(self):
+    where = "UnitaryRNNCell"
+    check_positive_int(where, "features", self.features)
+    for name in ("param_dtype", "dtype"):
+      value = getattr(self, name)
+      if value is None and name == "dtype":
+        continue
+      try:
+        dtype = jnp.dtype(value)
+      except TypeError:
+        dtype = None
+      if dtype is None or not jnp.issubdtype(dtype, jnp.complexfloating):
+        shown = value if dtype is None else dtype.name
+        raise TypeError(
+            f"{where}: {name} must be a complex dtype (e.g. jnp.complex64), got {name}={shown!r};"
+            " the unitary cell's state, V and W are complex (for a real orthogonal cell use"
+            " OrthogonalRNNCell)."
+        )
+    if self.parametrization is not None and self.parametrization not in PARAMETRIZATIONS:
+      raise ValueError(
+          f"{where}: parametrization={self.parametrization!r} is not supported; expected None"
+          f" or one of {PARAMETRIZATIONS}."
+      )
+    _check_modrelu_eps(where, self.eps)
+
+  def setup(self):
+    self._check()
+    self.input = _InputProjection(
+        self.features, kernel_init=self.kernel_init, bias_init=nn.initializers.zeros_init(),
+        dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False, name="input")
+    shape = (self.features, self.features)
+    if self.parametrization is None:
+      self.recurrent_kernel = self.param(
+          "recurrent_kernel", self.recurrent_kernel_init, shape, self.param_dtype)
+    else:
+      self.recurrent_generator = self.param(
+          "recurrent_generator", self.generator_init, shape, self.param_dtype)
+      self.base = self.variable(
+          "constants", "base",
+          lambda: self.recurrent_kernel_init(self.make_rng("params"), shape, self.param_dtype))
+    self.modrelu_bias = self.param(
+        "modrelu_bias", self.modrelu_bias_init, (self.features,), _real_dtype(self.param_dtype))
+
+  def project_inputs(self, x: jax.Array, *, custom_gradient: bool = False,
+                     separate_bias: bool = False):
+    """x V^T over all leading axes (complex); ``(x V^T, None)`` with ``separate_bias``."""
+    return self.input(x, custom_gradient, separate_bias)
+
+  def transition_kernel(self) -> jax.Array:
+    """K = W^T (complex, unitary): the free kernel, or base @ map(skew(A))."""
+    if self.parametrization is None:
+      k = self.recurrent_kernel
+    else:
+      a = orthogonal.skew(self.recurrent_generator)
+      m = orthogonal.expm_skew(a) if self.parametrization == "expm" else orthogonal.cayley(a)
+      k = self.base.value @ m
+    return k if self.dtype is None else k.astype(self.dtype)
+
+  @property
+  def activation_fn(self) -> Callable[..., jax.Array]:
+    """modReLU, phi(a, b) = :func:`modrelu` (a, b, eps=self.eps)."""
+    return _ModReLU(self.eps)
+
+  def activation_params(self) -> jax.Array:
+    """The real modReLU bias b ``(n,)``."""
+    return self.modrelu_bias
+
+  @nn.nowrap
+  def initialize_carry(self, rng, input_shape):
+    """A zero (by ``carry_init``) complex state ``input_shape[:-1] + (features,)``."""
+    self._check()
+    return self.carry_init(rng, tuple(input_shape[:-1]) + (self.features,), self.param_dtype)
 
 
 def rebase(cell_params: dict, cell_constants: dict, parametrization: str = "expm"):

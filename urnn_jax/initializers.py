@@ -14,6 +14,14 @@ Shapes are ``(..., n, n)``; leading dimensions give independent draws.
   ``cayley_init``).
 * :func:`contractive`: the paper's teacher W = I - eps A^T A / ||A||_2^2
   (seed 000, eq. 6), singular values in [1 - eps, 1).
+* :func:`diagonal_phases` (complex only): diag(exp(i theta)), theta ~
+  U[-pi, pi] (the diagonal factors of Arjovsky et al.'s 2016 uRNN, as they
+  initialise them).
+
+The complex unitary cell (:class:`urnn_jax.UnitaryRNNCell`) uses
+:func:`haar` with a complex dtype (Haar on U(n): QR of a complex Gaussian
+matrix with the phases of R's diagonal divided out) by default, or
+:func:`diagonal_phases`.
 
 ``henaff`` and ``cayley`` can also return the skew-symmetric generator
 (``skew=True``) for the parametrised cells, where W = map(A).
@@ -22,7 +30,8 @@ Bad arguments raise at the call, naming the argument: a shape whose sizes
 are not positive ints, or not square (ValueError / TypeError); an integer or
 boolean ``dtype`` (TypeError: these matrices are not integer-valued); a
 complex ``dtype`` for the real-only initialisers (ValueError; ``haar`` and
-``identity`` support complex dtypes).
+``identity`` support complex dtypes), a real one for ``diagonal_phases``
+(ValueError).
 """
 
 from __future__ import annotations
@@ -220,5 +229,42 @@ def contractive(eps: float = 0.01):
     norm2 = jnp.linalg.norm(a, ord=2, axis=(-2, -1)) ** 2
     w = jnp.eye(shape[-1], dtype=ata.dtype) - eps * ata / norm2[..., None, None]
     return w.astype(dtype)
+
+  return init
+
+
+def diagonal_phases(*, skew: bool = False):
+  """Arjovsky et al. (2016): the unitary diagonal diag(exp(i theta)), theta ~ U[-pi, pi].
+
+  Complex dtypes only (a real diagonal of phases would be +-1). Leading axes
+  of ``shape`` give independent draws.
+
+  Args:
+    skew: return the skew-Hermitian generator diag(i theta) instead, so that
+      ``orthogonal.expm_skew`` of it is the diagonal (for
+      ``UnitaryRNNCell(..., parametrization="expm", generator_init=...)``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from urnn_jax import initializers
+    >>> w = initializers.diagonal_phases()(jax.random.key(0), (3, 3), jnp.complex64)
+    >>> bool(jnp.allclose(jnp.abs(jnp.diagonal(w)), 1.0)), bool(jnp.all(w - jnp.diag(jnp.diagonal(w)) == 0))
+    (True, True)
+  """
+
+  def init(key, shape, dtype=jnp.complex64):
+    shape = _check_square("diagonal_phases", shape)
+    dtype = _check_dtype("diagonal_phases", dtype, complex_ok=True)
+    if not jnp.issubdtype(dtype, jnp.complexfloating):
+      raise ValueError(
+          f"initializers.diagonal_phases needs a complex dtype (e.g. complex64), got dtype={dtype};"
+          " a real diagonal of unit phases is +-1 (use haar or henaff for real matrices)."
+      )
+    real = jnp.finfo(dtype).dtype
+    n = shape[-1]
+    theta = jax.random.uniform(key, shape[:-2] + (n,), real, -jnp.pi, jnp.pi)
+    diag = 1j * theta if skew else jnp.exp(1j * theta)
+    eye = jnp.eye(n, dtype=dtype)
+    return (diag.astype(dtype)[..., None, :] * eye).astype(dtype)
 
   return init

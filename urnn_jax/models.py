@@ -38,7 +38,30 @@ optimised.
                        ``constraint`` (as ``urnn``); gates free. (The
                        parametrised uGRU, ``UnitaryGRUCell(n,
                        parametrization="expm")``, is not an entry yet.)
+``urnn_complex``       :class:`~urnn_jax.UnitaryRNNCell`: complex state,
+                       unitary W, modReLU (Arjovsky et al. 2016), n complex
+                       units (2n real read-out features). W kept unitary by
+                       ``constraint``; by default (``constraint=None``) the
+                       Cayley retraction, Wisdom et al.'s (2016)
+                       full-capacity update. ``activation`` is ignored
+                       (always modReLU).
 =====================  ======================================================
+
+Two more complex entries, parametrised (no constraint):
+``urnn_param_complex_expm`` (W = base expm(skew(A)), A complex, skew(A) its
+skew-Hermitian part; expRNN style) and ``urnn_param_complex_cayley``
+(W = base cayley(skew(A))). Their names start with ``urnn_param_``, as do
+all the entries whose cell holds a ``constants`` collection (the base).
+
+Complex models need no special optimiser: :func:`make_tx` goes through
+:func:`urnn_jax.optim.constrained` or :func:`urnn_jax.optim.conjugated`,
+which conjugate JAX's complex gradients (``urnn_jax.optim``'s one
+convention), and is the plain ``base`` (+ constraint) on real parameters.
+The complex entries are not eq. (1) cells (``eq1`` False: modReLU has a
+parameter), so the real gradient diagnostics skip them, and, like ``ugru``,
+they are marked ``orthogonal=False`` (no n / 2 adjustment). Their
+``hidden`` is the number of complex units: ``hidden=64`` has the real
+state dimension (128) of a real cell with ``hidden=128``.
 """
 
 from __future__ import annotations
@@ -48,11 +71,13 @@ import math
 from typing import Callable, NamedTuple
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import optax
 
 from urnn_jax import initializers as inits
 from urnn_jax import optim
-from urnn_jax.cells import OrthogonalRNNCell, RNNCell
+from urnn_jax.cells import OrthogonalRNNCell, RNNCell, UnitaryRNNCell
 from urnn_jax.gated import UnitaryGRUCell
 from urnn_jax.rnn import ACTIVATIONS
 
@@ -77,7 +102,10 @@ class ModelOptions:
     activation: the eq. (1) cells' activation, a key of
       :data:`urnn_jax.ACTIVATIONS`.
     rnn_init: the free RNN's W initialiser, a key of :data:`RNN_INITS`.
-    constraint: ``urnn``'s constraint, one of :data:`CONSTRAINTS`.
+    constraint: the constraint of ``urnn``, ``ugru`` and ``urnn_complex``, one
+      of :data:`CONSTRAINTS`, or None (default): the model's own default,
+      ``projection`` (the paper's SVD) for ``urnn`` / ``ugru``, ``cayley``
+      (Wisdom et al.'s full-capacity update) for ``urnn_complex``.
     reproject_every: for the retractions, also project W onto the group every
       this many steps (removes float32 drift); 0: never.
     contraction: ``contrnn``'s largest allowed singular value of W.
@@ -86,7 +114,7 @@ class ModelOptions:
   hidden: int
   activation: str = "relu"
   rnn_init: str = "haar"
-  constraint: str = "projection"
+  constraint: str | None = None
   reproject_every: int = 0
   contraction: float = 1.0
 
@@ -98,8 +126,10 @@ class ModelOptions:
       raise ValueError(f"activation={self.activation!r}; expected one of {sorted(ACTIVATIONS)}.")
     if self.rnn_init not in RNN_INITS:
       raise ValueError(f"rnn_init={self.rnn_init!r}; expected one of {sorted(RNN_INITS)}.")
-    if self.constraint not in CONSTRAINTS:
-      raise ValueError(f"constraint={self.constraint!r}; expected one of {list(CONSTRAINTS)}.")
+    if self.constraint is not None and self.constraint not in CONSTRAINTS:
+      raise ValueError(
+          f"constraint={self.constraint!r}; expected None (the model's default) or one of"
+          f" {list(CONSTRAINTS)}.")
     if (isinstance(self.reproject_every, bool) or not isinstance(self.reproject_every, int)
         or self.reproject_every < 0):
       raise ValueError(f"reproject_every must be an int >= 0 (0 = off), got {self.reproject_every!r}.")
@@ -122,6 +152,9 @@ class ModelSpec(NamedTuple):
       an eq. (1) result: ``ugru``, whose W_hn is orthogonal but whose gates
       are free, is marked False and compared at the same n).
     description: one line for tables.
+    complex: the cell is complex (a unitary W, modReLU): like an eq. (1)
+      cell it has a single recurrent matrix (``recurrent_kernel`` or its
+      generator), but it is not eq. (1) and has no RNNParams.
   """
 
   cell: Callable[[ModelOptions], nn.RNNCellBase]
@@ -129,6 +162,7 @@ class ModelSpec(NamedTuple):
   eq1: bool
   orthogonal: bool
   description: str
+  complex: bool = False
 
 
 def orthogonal_constraint(name: str, *, reproject_every: int = 0) -> optax.GradientTransformation:
@@ -160,11 +194,19 @@ def _retraction(name: str) -> Callable[[ModelOptions], optax.GradientTransformat
   return lambda o: orthogonal_constraint(name, reproject_every=o.reproject_every)
 
 
+def _optioned(default: str) -> Callable[[ModelOptions], optax.GradientTransformation]:
+  """The constraint named by ``options.constraint``, ``default`` when that is None."""
+  return lambda o: orthogonal_constraint(o.constraint or default, reproject_every=o.reproject_every)
+
+
+def _complex(parametrization: str | None = None) -> Callable[[ModelOptions], UnitaryRNNCell]:
+  return lambda o: UnitaryRNNCell(o.hidden, parametrization=parametrization)
+
+
 MODELS: dict[str, ModelSpec] = {
     "rnn": ModelSpec(_rnn, None, True, False, "RNN: free W"),
     "urnn": ModelSpec(
-        _urnn(), lambda o: orthogonal_constraint(o.constraint, reproject_every=o.reproject_every),
-        True, True, "URNN: W orthogonal, kept by the constraint after each step (SVD projection by default)"),
+        _urnn(), _optioned("projection"), True, True, "URNN: W orthogonal, kept by the constraint after each step (SVD projection by default)"),
     "urnn_cayley": ModelSpec(_urnn(), _retraction("cayley"), True, True, "uRNN, Cayley retraction"),
     "urnn_expm": ModelSpec(_urnn(), _retraction("expm"), True, True, "uRNN, W <- exp(A) W (seed 002)"),
     "urnn_param_expm": ModelSpec(_urnn("expm"), None, True, True, "uRNN, W = base expm(skew(A)) (expRNN)"),
@@ -176,9 +218,17 @@ MODELS: dict[str, ModelSpec] = {
     "gru": ModelSpec(lambda o: nn.GRUCell(o.hidden), None, False, False, "GRU"),
     # The uGRU ignores ``activation`` (its gates are sigmoid, its candidate tanh, as the GRU's).
     "ugru": ModelSpec(
-        lambda o: UnitaryGRUCell(o.hidden),
-        lambda o: orthogonal_constraint(o.constraint, reproject_every=o.reproject_every),
+        lambda o: UnitaryGRUCell(o.hidden), _optioned("projection"),
         False, False, "uGRU: GRU with W_hn orthogonal, kept by the constraint (SVD projection by default)"),
+    # Complex unitary RNNs (modReLU; ``activation`` ignored). Not eq. (1): modReLU has a parameter;
+    # ``orthogonal`` False as for ugru (Theorem 3.1's n / 2 is an eq. (1) result): compared at n.
+    "urnn_complex": ModelSpec(
+        _complex(), _optioned("cayley"), False, False,
+        "complex uRNN, modReLU; W unitary, kept by the constraint (Cayley, full-capacity, by default)", True),
+    "urnn_param_complex_expm": ModelSpec(
+        _complex("expm"), None, False, False, "complex uRNN, modReLU; W = base expm(skew-Hermitian A)", True),
+    "urnn_param_complex_cayley": ModelSpec(
+        _complex("cayley"), None, False, False, "complex uRNN, modReLU; W = base cayley(skew-Hermitian A)", True),
 }
 
 
@@ -201,15 +251,40 @@ def check_names(names, *, field: str = "models") -> tuple[str, ...]:
   return names
 
 
+def single_recurrent_matrix(name: str) -> bool:
+  """Whether model ``name`` has one recurrent matrix (W or its generator): eq. (1) and complex cells.
+
+  Those are the models a separate recurrent learning rate
+  (:func:`urnn_jax.optim.scale_recurrent`) and the orthogonality error apply
+  to; LSTM, GRU and uGRU have several.
+  """
+  spec = get(name)
+  return spec.eq1 or spec.complex
+
+
+def count_params(params) -> int:
+  """The number of real parameters in a tree: a complex entry counts as two."""
+  return int(sum(x.size * (2 if jnp.iscomplexobj(x) else 1) for x in jax.tree.leaves(params)))
+
+
 def make_cell(name: str, options: ModelOptions) -> nn.RNNCellBase:
   """The cell of model ``name``, built from ``options``."""
   return get(name).cell(options)
 
 
 def make_tx(name: str, base: optax.GradientTransformation, options: ModelOptions) -> optax.GradientTransformation:
-  """``base`` followed by the model's constraint on the recurrent matrix (if any)."""
+  """``base`` followed by the model's constraint on the recurrent matrix (if any).
+
+  Both go through the complex-gradient convention of :mod:`urnn_jax.optim`
+  (:func:`~urnn_jax.optim.constrained`, or :func:`~urnn_jax.optim.conjugated`
+  without a constraint): pass raw ``jax.grad`` gradients, complex or real.
+  On real parameters the result is ``base`` (+ the masked constraint), with
+  ``base``'s state.
+  """
   constraint = get(name).constraint
-  return base if constraint is None else optim.constrained(base, constraint(options))
+  if constraint is None:
+    return optim.conjugated(base)
+  return optim.constrained(base, constraint(options))
 
 
 def adjusted_hidden(name: str, hidden: int) -> float:

@@ -31,9 +31,38 @@ like the projected update, and they descend the loss when u does. (Seed
 All transforms act on leaves of shape ``(..., n, n)``: leading dimensions
 are a batch of independent matrices (e.g. params stacked over realizations
 with ``jax.vmap``). They work under ``jit``, in float32 and float64, and on
-complex (unitary) leaves. For complex parameters note that ``jax.grad`` of
-a real loss returns the *conjugate* of the ascent direction: pass
-``jnp.conj(grads)`` to the optimiser.
+complex (unitary) leaves.
+
+Complex parameters: the one convention
+---------------------------------------
+
+``jax.grad`` of a real loss L at a complex leaf w = x + iy returns
+dL/dx - i dL/dy, the *conjugate* of the steepest-ascent direction
+G = dL/dx + i dL/dy (the gradient for the real inner product Re tr(A^H B)).
+Fed to an optimiser as is, it does not descend (``optax.adam`` on a complex
+leaf then walks the imaginary part the wrong way; optax leaves the
+conjugation to the user). In this module:
+
+* :func:`conjugate_complex` is the transformation G = conj(jax.grad) on the
+  complex leaves (real leaves pass unchanged); :func:`conjugated` runs an
+  optimiser on those conjugated gradients, with the optimiser's own state.
+* :func:`constrained` does it for you: ``constrained(optax.adam(lr),
+  cayley_retraction())`` conjugates the raw ``jax.grad`` of every complex
+  leaf first, then the optimiser (adam's second moment is optax's
+  ``|g|^2``, right for complex leaves), then the constraint, whose incoming
+  update u = -lr * (direction of G) is in the conjugated convention. Pass it
+  the raw gradients; do **not** also conjugate them (nor put
+  :func:`conjugate_complex` in ``optimizer``): conjugating twice undoes it.
+  :func:`urnn_jax.models.make_tx` uses :func:`constrained`, or
+  :func:`conjugated` for a model without a constraint.
+
+In that convention Wisdom et al.'s (2016) full-capacity step with learning
+rate lam is :func:`cayley_retraction` of u = -2 lam G (A = G W^H - W G^H,
+W <- (I + lam/2 A)^{-1} (I - lam/2 A) W); see the retractions below. Here
+W is the constrained leaf itself: in the cells' row-vector layout that is
+K = W_paper^T, so the step multiplies W_paper from the right rather than
+the left, a different retraction with the same first-order (projected
+gradient) term.
 
 Leaf checks (dtypes and shapes only, so free under ``jit``): constrained
 parameters must be square floating (real or complex) matrices, and each
@@ -364,6 +393,71 @@ def expm_retraction(
 
 
 # ---------------------------------------------------------------------------
+# Complex gradients.
+
+
+def _conj_leaf(g):
+  if g is None or not jnp.iscomplexobj(g):
+    return g
+  return jnp.conj(g)
+
+
+def conjugate_complex() -> optax.GradientTransformation:
+  """The complex-gradient convention: conj on every complex leaf; real leaves pass unchanged.
+
+  ``jax.grad`` of a real loss returns the conjugate of the steepest-ascent
+  direction of a complex leaf (see the module docstring), so this turns raw
+  ``jax.grad`` output into the gradient an optax optimiser descends along.
+  Put it first, ``optax.chain(conjugate_complex(), optax.adam(lr))``, or use
+  :func:`conjugated` / :func:`constrained`, which apply it for you (so do
+  not combine them with it). On real parameters it is the identity, so it
+  is safe in any chain. Stateless (``optax.EmptyState``).
+
+  Example:
+    >>> import jax.numpy as jnp, urnn_jax
+    >>> tx = urnn_jax.optim.conjugate_complex()
+    >>> g = {"w": jnp.array([1 + 2j]), "b": jnp.array([3.0])}
+    >>> u, _ = tx.update(g, tx.init(g))
+    >>> u["w"], u["b"]
+    (Array([1.-2.j], dtype=complex64), Array([3.], dtype=float32))
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(_conj_leaf, updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def conjugated(optimizer: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """``optimizer`` fed conj(g) on the complex leaves (:func:`conjugate_complex`), same state.
+
+  The wrapper keeps ``optimizer``'s state exactly (no extra chain element,
+  so checkpoints of real models are unchanged) and is the identity wrapper
+  on real parameters. Pass raw ``jax.grad`` gradients. :func:`constrained`
+  is ``conjugated`` around the optimiser and the constraint.
+
+  Raises:
+    TypeError: ``optimizer`` is not an optax transformation.
+  """
+  if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+    raise TypeError(
+        f"conjugated: optimizer must be an optax.GradientTransformation, got"
+        f" {type(optimizer).__name__}: {optimizer!r}."
+    )
+  inner = optax.with_extra_args_support(optimizer)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    return inner.update(jax.tree.map(_conj_leaf, updates), state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
+# ---------------------------------------------------------------------------
 # Labels and the one-line wrapper.
 
 
@@ -480,7 +574,12 @@ def constrained(
 ) -> optax.GradientTransformation:
   """``optimizer`` on every leaf, then ``constraint`` on the recurrent kernels only.
 
-  ``constrained(opt, c) = optax.chain(opt, optax.masked(c, recurrent_kernel_mask))``.
+  ``constrained(opt, c) = conjugated(optax.chain(opt, optax.masked(c, recurrent_kernel_mask)))``:
+  the gradients of complex leaves are conjugated first (:func:`conjugated`,
+  the module's one complex convention), so raw ``jax.grad`` output descends
+  on every leaf, real or complex, and nothing else is needed in the chain
+  (do not conjugate the gradients yourself). On real parameters this is
+  exactly ``optax.chain(opt, optax.masked(c, mask))``, state included.
 
   Example::
 
@@ -510,4 +609,4 @@ def constrained(
   def mask(tree):
     return _select("constrained", tree, match)
 
-  return optax.chain(optimizer, optax.masked(constraint, mask))
+  return conjugated(optax.chain(optimizer, optax.masked(constraint, mask)))

@@ -160,15 +160,41 @@ def _newton_schulz_step(x: Array, g: Array | None = None) -> Array:
   return x @ (1.5 * _eye_like(x) - 0.5 * g)
 
 
+# The SVD the projection uses (a module attribute so that the tests can make it fail).
+_svd = jnp.linalg.svd
+
+
+def _svd_fallback(w: Array) -> Array:
+  """The SVD projection's fallback: the Newton-Schulz polar iteration, run to its floor."""
+  return _project_newton_schulz(w, None, 100)
+
+
 def _project_svd(w: Array) -> Array:
   """U V^H from the SVD W = U S V^H, then one Newton-Schulz step.
 
   The extra step (two matmuls) leaves the polar factor unchanged but removes
   the orthogonality lost to rounding in U and V (in float32 at n = 64,
   ||Q^H Q - I||_F drops from about 1e-5 to about 2e-6).
+
+  Fallback: LAPACK's SVD can fail to converge (rarely; this project has seen
+  it on a float32 W next to the group, though random trials did not
+  reproduce it), and ``jnp.linalg.svd`` then returns NaN without an error. When a finite W
+  gives a non-finite U V^H, the polar factor comes from the Newton-Schulz
+  iteration instead (:func:`_project_newton_schulz`, matmuls only, which
+  converges fastest exactly there: a W one optimiser step off the group
+  takes a few steps). It is a ``lax.cond`` on one all-finite flag over the
+  whole (batched) array, so it works under ``jit`` and, when the SVD
+  succeeds, costs only that O(n^2) check. Under ``vmap`` JAX turns the cond
+  into a select that evaluates both branches, so the Newton-Schulz steps
+  then run on every call (at n = 64, batch 30, about +20% over the SVD
+  alone, measured on a shared CPU). A singular W that also defeats the SVD
+  gives a finite matrix that is not orthogonal.
   """
-  u, _, vh = jnp.linalg.svd(w, full_matrices=False)
-  return _newton_schulz_step(u @ vh)
+  u, _, vh = _svd(w, full_matrices=False)
+  q = u @ vh
+  failed = jnp.all(jnp.isfinite(w)) & ~jnp.all(jnp.isfinite(q))
+  q = lax.cond(failed, _svd_fallback, lambda m: q, w)
+  return _newton_schulz_step(q)
 
 
 def _project_qdwh(w: Array) -> Array:
@@ -256,6 +282,10 @@ def project(
       ``sqrt(n) eps``, below the rounding floor, so by default it runs until
       rounding stops it); ignored by the other methods.
     max_iters: Newton-Schulz iteration cap.
+
+  ``"svd"`` falls back to the Newton-Schulz iteration when LAPACK's SVD
+  fails to converge on a finite W (it then returns NaN silently); see
+  :func:`_project_svd` for how, and its cost under ``vmap``.
 
   Singular W: the polar factor is not unique. ``"svd"`` returns one of the
   orthogonal (unitary) minimisers (U V^H from the SVD; e.g. I for W = 0).

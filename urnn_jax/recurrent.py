@@ -75,6 +75,12 @@ class Recurrent(nn.Module):
       :func:`urnn_jax.rnn.recurrence`'s memory-light custom VJP (default).
       Reverse mode only: set ``False`` to differentiate the layer in forward
       mode (``jax.jvp``, ``jax.jacfwd``). Other cells ignore it.
+    remat: opt-in rematerialisation of that custom VJP (default ``False``):
+      ``True`` or a segment length S dividing T keeps only the projected
+      inputs and the state entering each segment for the backward pass and
+      recomputes each segment's states there (``urnn_jax.recurrence``'s
+      ``remat``). For long sequences; a HoistableCell with
+      ``custom_gradient=True`` only (else ValueError; other cells ignore it).
 
   ``__call__(x, *, initial_carry=None, seq_lengths=None)`` returns the
   outputs, ``(*batch, T, n)`` (time-major: ``(T, *batch, n)``), or
@@ -113,6 +119,7 @@ class Recurrent(nn.Module):
   learn_initial_carry: bool = False
   return_carry: bool = False
   custom_gradient: bool = True
+  remat: bool | int = False
 
   @nn.compact
   def __call__(self, x, *, initial_carry=None, seq_lengths=None):
@@ -183,6 +190,7 @@ class Recurrent(nn.Module):
           custom_gradient=self.custom_gradient,
           batch_major=not self.time_major,
           activation_params=activation_params,
+          remat=self.remat,
       )
     elif isinstance(self.cell, HoistableGatedCell):
       # Gated cells (urnn_jax.gated): every gate's input projection in one matmul, the
@@ -273,6 +281,38 @@ def _states_shape(where: str, hidden_states) -> tuple:
   return shape
 
 
+def _real_dtype(dtype):
+  """The real dtype of a complex one (complex64 -> float32); None and real dtypes unchanged."""
+  try:
+    d = jnp.dtype(dtype) if dtype is not None else None
+  except TypeError:  # not a dtype: passed on as is, for the cell's own check to name it
+    return dtype
+  return jnp.finfo(d).dtype if d is not None and jnp.issubdtype(d, jnp.complexfloating) else dtype
+
+
+def _readout_dtypes(cell) -> dict:
+  """``dtype`` / ``param_dtype`` of a head's real read-out layer: the cell's, made real."""
+  return {"dtype": _real_dtype(getattr(cell, "dtype", None)),
+          "param_dtype": _real_dtype(getattr(cell, "param_dtype", jnp.float32))}
+
+
+def real_features(hidden_states):
+  """The heads' real read-out features: ``[Re h, Im h]`` ``(..., 2n)`` of complex states
+  ``(..., n)`` (a complex cell, e.g. :class:`~urnn_jax.UnitaryRNNCell`); real states unchanged."""
+  if jnp.iscomplexobj(hidden_states):
+    return jnp.concatenate([jnp.real(hidden_states), jnp.imag(hidden_states)], axis=-1)
+  return hidden_states
+
+
+def _complex_readout_error(where: str) -> ValueError:
+  return ValueError(
+      f"{where}: the cell is complex, and the head reads it out from [Re h, Im h] with a real"
+      " layer, which is not eq. (1)'s complex read-out y = C h; there are no RNNParams with"
+      " that C (use model.apply(variables, method=lambda m: m.rnn.rnn_params()) for the"
+      " recurrent part of a complex eq. (1) cell)."
+  )
+
+
 class SequenceRegressor(nn.Module):
   """Sequence-to-sequence regression, y(k) = C h(k) (the paper's Figs 2 and 3).
 
@@ -291,6 +331,11 @@ class SequenceRegressor(nn.Module):
   past a sequence's end are already zero); ``rnn_params()`` (with C = the
   read-out; the recurrent part alone, C = I, whatever the read-out:
   ``model.apply(variables, method=lambda m: m.rnn.rnn_params())``).
+
+  A complex cell (e.g. :class:`~urnn_jax.UnitaryRNNCell`) is read out from
+  ``[Re h, Im h]`` (:func:`real_features`) by a real read-out, so the
+  outputs are real; ``hidden_states`` stays complex, and ``rnn_params``
+  raises ValueError (that read-out is not eq. (1)'s y = C h).
 
   Attributes:
     cell: the recurrent cell (a ``flax.linen.RNNCellBase``).
@@ -321,12 +366,8 @@ class SequenceRegressor(nn.Module):
         unroll=self.unroll,
         custom_gradient=self.custom_gradient,
     )
-    self.readout = nn.Dense(
-        self.out_features,
-        use_bias=self.use_bias,
-        dtype=getattr(self.cell, "dtype", None),
-        param_dtype=getattr(self.cell, "param_dtype", jnp.float32),
-    )
+    self.readout = nn.Dense(self.out_features, use_bias=self.use_bias,
+                            **_readout_dtypes(self.cell))
 
   def __call__(self, x, *, seq_lengths=None):
     return self.outputs_from_states(self.hidden_states(x, seq_lengths=seq_lengths))
@@ -344,7 +385,7 @@ class SequenceRegressor(nn.Module):
       shape = _states_shape("SequenceRegressor.outputs_from_states", hidden_states)
       check_lengths("SequenceRegressor.outputs_from_states", "seq_lengths", seq_lengths,
                     shape[-2], shape[:-2])
-    return self.readout(hidden_states)
+    return self.readout(real_features(hidden_states))
 
   def rnn_params(self) -> RNNParams:
     """``RNNParams(W, F, b, C, h0)`` with C = the read-out kernel^T.
@@ -359,6 +400,8 @@ class SequenceRegressor(nn.Module):
           " have; build the SequenceRegressor with use_bias=False."
       )
     theta = self.rnn.rnn_params()
+    if jnp.iscomplexobj(theta.W):
+      raise _complex_readout_error("SequenceRegressor.rnn_params")
     c = jnp.asarray(self.readout.variables["params"]["kernel"]).T
     theta = theta._replace(C=c)
     check_params(theta)
@@ -376,6 +419,20 @@ class LastStateClassifier(nn.Module):
   from each sequence's last valid state; ``rnn_params()``: the recurrent
   part's eq. (1) parameters with C = I (the classifier head, which reads
   only the last step and has a bias, is not eq. (1)'s C).
+
+  A complex cell (e.g. :class:`~urnn_jax.UnitaryRNNCell`) is classified from
+  the real ``[Re h, Im h]`` of its last state (:func:`real_features`) by a
+  real head: the logits are real.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, urnn_jax
+    >>> model = urnn_jax.LastStateClassifier(urnn_jax.UnitaryRNNCell(8), num_classes=3)
+    >>> x = jnp.ones((2, 6, 1))
+    >>> variables = model.init(jax.random.key(0), x)
+    >>> variables["params"]["head"]["kernel"].shape   # [Re h, Im h]: 2n rows
+    (16, 3)
+    >>> model.apply(variables, x).dtype
+    dtype('float32')
 
   Attributes:
     cell: the recurrent cell (a ``flax.linen.RNNCellBase``).
@@ -403,11 +460,7 @@ class LastStateClassifier(nn.Module):
     # Submodule names (and so the parameter tree) are "rnn" and "head".
     self.rnn = Recurrent(self.cell.clone(parent=None), unroll=self.unroll,
                          custom_gradient=self.custom_gradient)
-    self.head = nn.Dense(
-        self.num_classes,
-        dtype=getattr(self.cell, "dtype", None),
-        param_dtype=getattr(self.cell, "param_dtype", jnp.float32),
-    )
+    self.head = nn.Dense(self.num_classes, **_readout_dtypes(self.cell))
 
   def __call__(self, x, *, seq_lengths=None):
     shape = jnp.shape(x)
@@ -446,7 +499,7 @@ class LastStateClassifier(nn.Module):
                                   minimum=1)
       idx = jnp.clip(seq_lengths - 1, 0, hs.shape[-2] - 1)  # traced lengths: clamped
       last = jnp.take_along_axis(hs, idx[..., None, None], axis=-2)[..., 0, :]
-    return self.head(last)
+    return self.head(real_features(last))
 
   def rnn_params(self) -> RNNParams:
     """The recurrent part's ``RNNParams(W, F, b, C=I, h0=0)`` (see the class docstring).
@@ -537,6 +590,8 @@ def to_rnn_params(variables, model: nn.Module | None = None) -> RNNParams:
         " eq. (1) cells pass the model: to_rnn_params(variables, model)."
     )
   k = jnp.asarray(cell["recurrent_kernel"])
+  if readout is not None and jnp.iscomplexobj(k):
+    raise _complex_readout_error("to_rnn_params")
   n = k.shape[-1]
   w = k.T
   f = jnp.asarray(cell["input"]["kernel"]).T

@@ -561,23 +561,64 @@ _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 # ---------------------------------------------------------------------------
 
 
-def _bm_forward_loop(phi, unroll, kernel, z, bias, h0, lengths, save_preactivations=False):
+# The batch-major loops write their outputs into the buffer they read from, when
+# the dtypes allow: the forward loop reads z(k) and writes h(k) (or a(k), when the
+# pre-activations are saved) into the same slab of z, and the backward loop reads
+# g(k) and writes da(k) into the same slab of g. Each slab is read before it is
+# overwritten and never read again, so XLA updates the buffer in place: no
+# zero-filled (B, T, n) output buffer is allocated and written (a full pass and
+# B*T*n elements of temporary memory each, at every call), and z / g, dead after
+# the loop, hold the result instead. Where z or g is a jit argument XLA copies it
+# once first (the same pass the zero fill was). ``_IN_PLACE = False`` (read when
+# the loops are traced) restores round 1's separate buffers: the A/B row
+# ``urnn_rnn_copying`` of benchmarks.scan_throughput (docs/performance.md, round 2).
+_IN_PLACE = True
+
+
+def _slab(a, k):
+  """The step-k slab ``a[:, k]`` of a batch-major buffer (``k`` is in range: no wrap-around)."""
+  return lax.dynamic_index_in_dim(a, k, axis=1, keepdims=False, allow_negative_indices=False)
+
+
+def _put_slab(a, v, k):
+  """``a`` with ``a[:, k] = v``."""
+  return lax.dynamic_update_index_in_dim(a, v.astype(a.dtype), k, axis=1,
+                                         allow_negative_indices=False)
+
+
+def _bm_forward_loop(phi, unroll, kernel, z, bias, h0, lengths, save_preactivations=False,
+                     in_place=True):
   steps = z.shape[1]
+  reuse = _IN_PLACE and in_place and z.dtype == h0.dtype
 
   def body(k, c):
-    h, hs, pre = c
-    z_k = lax.dynamic_index_in_dim(z, k, axis=1, keepdims=False)
+    h, hs, pre, zbuf = c
     v_k = None if lengths is None else (k < lengths)[:, None]
-    h, out, a = _forward_step(phi, kernel, bias, h, z_k, v_k)
-    hs = lax.dynamic_update_index_in_dim(hs, out.astype(hs.dtype), k, axis=1)
-    if save_preactivations:
-      pre = lax.dynamic_update_index_in_dim(pre, a, k, axis=1)
-    return h, hs, pre
+    h_new, out, a = _forward_step(phi, kernel, bias, h, _slab(zbuf, k), v_k)
+    if not reuse:
+      if save_preactivations:
+        pre = _put_slab(pre, a, k)
+      return h_new, _put_slab(hs, out, k), pre, zbuf
+    # In place: the slab is written by the fusion that reads it, and the carry is
+    # read back from the written buffer. Carrying h_new itself would let XLA fuse the
+    # slab's read into the carry's fusion too (the add+phi fusion computed twice), and
+    # it then copies all of z every step to keep the read before the write.
+    zbuf = _put_slab(zbuf, a if save_preactivations else out, k)
+    back = _slab(zbuf, k)
+    if save_preactivations:  # a(k) is in z's slab k; h(k) into hs
+      h_new = phi(back)
+      out = h_new if v_k is None else jnp.where(v_k, h_new, jnp.zeros_like(h_new))
+      hs = _put_slab(hs, out, k)
+    else:  # h(k) (0 past the end) is in z's slab k
+      h_new = back
+    return (h_new if v_k is None else jnp.where(v_k, h_new, h)), hs, pre, zbuf
 
-  hs = jnp.zeros(z.shape, h0.dtype)
-  pre = jnp.zeros(z.shape, z.dtype) if save_preactivations else None
-  h, hs, pre = lax.fori_loop(0, steps, body, (h0, hs, pre), unroll=unroll)
-  return (h, (hs, pre)) if save_preactivations else (h, hs)
+  hs = None if (reuse and not save_preactivations) else jnp.zeros(z.shape, h0.dtype)
+  pre = jnp.zeros(z.shape, z.dtype) if (save_preactivations and not reuse) else None
+  h, hs, pre, zbuf = lax.fori_loop(0, steps, body, (h0, hs, pre, z), unroll=unroll)
+  if save_preactivations:
+    return h, (hs, zbuf if reuse else pre)
+  return h, (zbuf if reuse else hs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -595,17 +636,23 @@ def _bm_recurrence_bwd(phi, unroll, residuals, cotangents):
   kernel_t = kernel.T
   steps = hs.shape[1]
 
-  def body(i, c):
-    delta, dz = c
-    k = steps - 1 - i
-    at_k = lambda a: None if a is None else lax.dynamic_index_in_dim(a, k, axis=1, keepdims=False)
-    v_k = None if lengths is None else (k < lengths)[:, None]
-    delta, da = _backward_step(phi, dphi, kernel_t, delta, at_k(g),
-                               at_k(hs) if dphi is not None else None, at_k(pre), v_k)
-    return delta, lax.dynamic_update_index_in_dim(dz, da.astype(dz.dtype), k, axis=1)
+  dz_dtype = jnp.result_type(g, hs)
+  reuse = _IN_PLACE and g.dtype == dz_dtype  # da(k) into g's slab k, in place
 
-  dh0, dz = lax.fori_loop(0, steps, body, (g_last, jnp.zeros(g.shape, jnp.result_type(g, hs))),
-                          unroll=unroll)
+  def body(i, c):
+    delta, dz, gbuf = c
+    k = steps - 1 - i
+    at_k = lambda a: None if a is None else _slab(a, k)
+    v_k = None if lengths is None else (k < lengths)[:, None]
+    delta, da = _backward_step(phi, dphi, kernel_t, delta, at_k(gbuf),
+                               at_k(hs) if dphi is not None else None, at_k(pre), v_k)
+    if reuse:
+      return delta, None, _put_slab(gbuf, da, k)
+    return delta, _put_slab(dz, da, k), gbuf
+
+  init = (g_last, None if reuse else jnp.zeros(g.shape, dz_dtype), g)
+  dh0, dz, gbuf = lax.fori_loop(0, steps, body, init, unroll=unroll)
+  dz = gbuf if reuse else dz
   return (_kernel_gradient(kernel, h0, hs, dz, time_axis=1), dz,
           _bias_gradient(bias, dz), dh0, None)
 
@@ -690,23 +737,152 @@ def _bm_param_recurrence_bwd(phi, unroll, residuals, cotangents):
   kernel_t = kernel.T
   steps = hs.shape[1]
 
+  dz_dtype = jnp.result_type(g, hs)
+  reuse = _IN_PLACE and g.dtype == dz_dtype  # da(k) into g's slab k, in place
+
   def body(i, c):
-    delta, dparams, dz = c
+    delta, dparams, dz, gbuf = c
     k = steps - 1 - i
-    at_k = lambda a: lax.dynamic_index_in_dim(a, k, axis=1, keepdims=False)
     v_k = None if lengths is None else (k < lengths)[:, None]
     (delta, dparams), da = _param_backward_step(phi, kernel_t, params, (delta, dparams),
-                                                at_k(g), at_k(pre), v_k)
-    return delta, dparams, lax.dynamic_update_index_in_dim(dz, da.astype(dz.dtype), k, axis=1)
+                                                _slab(gbuf, k), _slab(pre, k), v_k)
+    if reuse:
+      return delta, dparams, None, _put_slab(gbuf, da, k)
+    return delta, dparams, _put_slab(dz, da, k), gbuf
 
   init = (g_last, jax.tree.map(jnp.zeros_like, params),
-          jnp.zeros(g.shape, jnp.result_type(g, hs)))
-  dh0, dparams, dz = lax.fori_loop(0, steps, body, init, unroll=unroll)
+          None if reuse else jnp.zeros(g.shape, dz_dtype), g)
+  dh0, dparams, dz, gbuf = lax.fori_loop(0, steps, body, init, unroll=unroll)
+  dz = gbuf if reuse else dz
   return (_kernel_gradient(kernel, h0, hs, dz, time_axis=1), dz,
           _bias_gradient(bias, dz), dh0, None, dparams)
 
 
 _bm_param_recurrence.defvjp(_bm_param_recurrence_fwd, _bm_param_recurrence_bwd)
+
+
+# ---------------------------------------------------------------------------
+# Opt-in rematerialisation (``recurrence(..., remat=...)``), batch-major.
+#
+# The forward loop is the usual one, but its residuals are the states at the
+# start of every segment of S steps (``(B, T/S, n)``, gathered from the states
+# afterwards) and z, instead of all states and pre-activations. The backward
+# pass walks the segments from the last: it recomputes the segment's S states
+# (and pre-activations) from its start state, runs the S reverse steps, and adds
+# the segment's part of dK as one (B*S)-row contraction. Kept alive for the
+# backward pass: z and the segment starts, plus one segment's states; not kept:
+# the (B, T, n) states (freed when nothing else uses them), the pre-activations
+# of a callable activation, and the shifted states the default path builds for dK.
+# Costs one more forward pass (the recomputation).
+# ---------------------------------------------------------------------------
+
+
+def remat_segment(steps: int, remat) -> int:
+  """The segment length S of ``recurrence(..., remat=remat)`` for ``steps`` steps.
+
+  ``remat=True``: the divisor of ``steps`` nearest to sqrt(steps) (about
+  2 sqrt(T) states kept instead of T); an int: that length, which must divide ``steps``.
+  """
+  if remat is True:
+    root = math.sqrt(steps)
+    divisors = [d for d in range(1, math.isqrt(steps) + 1) if steps % d == 0]
+    divisors += [steps // d for d in divisors]
+    return min(divisors, key=lambda d: (abs(d - root), d))
+  seg = check_int("recurrence", "remat", remat, 1)
+  if steps % seg:
+    raise ValueError(
+        f"recurrence: remat={seg} (the segment length) must divide the number of steps"
+        f" T = {steps}; pass remat=True for the divisor of T nearest sqrt(T)."
+    )
+  return seg
+
+
+def _phi_of(phi, params):
+  return phi if params is None else _bind(phi, params)
+
+
+def _segment_starts(hs, h0, lengths, seg):
+  """The carry entering each segment, ``(B, T/seg, n)``: h0, then the state at step s*seg - 1.
+
+  With lengths the carry is frozen at the last valid step (h0 for a length <= 0).
+  """
+  batch, steps, n = hs.shape
+  last = jnp.arange(seg - 1, steps - 1, seg)  # the steps that end segments 0 .. T/seg - 2
+  if lengths is None:
+    ends = lax.slice_in_dim(hs, seg - 1, steps - 1, stride=seg, axis=1)
+  else:
+    idx = jnp.minimum(last[None, :], lengths[:, None] - 1)  # (B, T/seg - 1)
+    ends = jnp.take_along_axis(hs, jnp.maximum(idx, 0)[:, :, None], axis=1)
+    ends = jnp.where((idx >= 0)[:, :, None], ends, h0[:, None, :].astype(hs.dtype))
+  return jnp.concatenate([h0[:, None, :].astype(hs.dtype), ends], axis=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _bm_remat_recurrence(phi, unroll, seg, kernel, z, bias, h0, lengths, params):
+  return _bm_forward_loop(_phi_of(phi, params), unroll, kernel, z, bias, h0, lengths)
+
+
+def _bm_remat_fwd(phi, unroll, seg, kernel, z, bias, h0, lengths, params):
+  # Not in place: z is a residual here (the backward pass recomputes from it).
+  h_last, hs = _bm_forward_loop(_phi_of(phi, params), unroll, kernel, z, bias, h0, lengths,
+                                in_place=False)
+  starts = _segment_starts(hs, h0, lengths, seg)
+  return (h_last, hs), (kernel, z, bias, h0, lengths, params, starts)
+
+
+def _bm_remat_bwd(phi, unroll, seg, residuals, cotangents):
+  kernel, z, bias, h0, lengths, params, starts = residuals
+  g_last, g = cotangents
+  batch, steps, n = z.shape
+  phi_p = _phi_of(phi, params)
+  dphi = _derivative_from_output(phi_p) if params is None else None
+  need_pre = dphi is None
+  kernel_t = kernel.T
+  dz_dtype = jnp.result_type(g, z)
+  reuse = _IN_PLACE and g.dtype == dz_dtype
+
+  def segment(i, c):
+    delta, dkernel, dparams, dz, gbuf = c
+    s = steps // seg - 1 - i
+    first = s * seg
+    z_s = lax.dynamic_slice_in_dim(z, first, seg, axis=1)
+    lengths_s = None if lengths is None else lengths - first
+    start = lax.dynamic_index_in_dim(starts, s, axis=1, keepdims=False)
+    out = _bm_forward_loop(phi_p, unroll, kernel, z_s, bias, start, lengths_s,
+                           save_preactivations=need_pre)
+    hs_s, pre_s = out[1] if need_pre else (out[1], None)
+
+    def step(j, c):
+      delta, dparams, dz, gbuf = c
+      jj = seg - 1 - j
+      k = first + jj
+      v_k = None if lengths is None else (k < lengths)[:, None]
+      g_k = _slab(gbuf, k)
+      if params is None:
+        delta, da = _backward_step(phi_p, dphi, kernel_t, delta, g_k,
+                                   _slab(hs_s, jj) if dphi is not None else None,
+                                   None if pre_s is None else _slab(pre_s, jj), v_k)
+      else:
+        (delta, dparams), da = _param_backward_step(phi, kernel_t, params, (delta, dparams),
+                                                    g_k, _slab(pre_s, jj), v_k)
+      if reuse:
+        return delta, dparams, None, _put_slab(gbuf, da, k)
+      return delta, dparams, _put_slab(dz, da, k), gbuf
+
+    delta, dparams, dz, gbuf = lax.fori_loop(0, seg, step, (delta, dparams, dz, gbuf),
+                                             unroll=unroll)
+    da_s = lax.dynamic_slice_in_dim(gbuf if reuse else dz, first, seg, axis=1)
+    dkernel = dkernel + _kernel_gradient(kernel, start, hs_s, da_s, time_axis=1)
+    return delta, dkernel, dparams, dz, gbuf
+
+  init = (g_last, jnp.zeros_like(kernel), jax.tree.map(jnp.zeros_like, params),
+          None if reuse else jnp.zeros(g.shape, dz_dtype), g)
+  dh0, dkernel, dparams, dz, gbuf = lax.fori_loop(0, steps // seg, segment, init)
+  dz = gbuf if reuse else dz
+  return dkernel, dz, _bias_gradient(bias, dz), dh0, None, dparams
+
+
+_bm_remat_recurrence.defvjp(_bm_remat_fwd, _bm_remat_bwd)
 
 
 def _check_activation_params(where, activation, activation_params):
@@ -729,6 +905,7 @@ def recurrence(
     custom_gradient: bool = True,
     batch_major: bool = False,
     activation_params: Any = None,
+    remat: bool | int = False,
 ) -> tuple[Array, Array]:
   """Runs h(k) = phi(h(k-1) @ kernel + z(k) [+ bias]) over a time-major sequence.
 
@@ -780,6 +957,18 @@ def recurrence(
       respect to ``(a(k), p)`` and sums the ``p`` parts over the steps; masked
       steps add nothing. Its inexact leaves take part in the dtype promotion
       of the states (as ``bias`` does); ``p`` itself is passed as given.
+    remat: opt-in rematerialisation of the custom VJP (``False``, the
+      default: off). ``True``, or an int S that divides T: the backward pass
+      keeps only z and the state entering each segment of S steps (``True``:
+      S is the divisor of T nearest sqrt(T)) and recomputes each segment's
+      states (and pre-activations) before its reverse steps, at the cost of
+      one more forward pass. It frees what the default keeps for the
+      backward pass beyond z: the pre-activations of a callable activation,
+      the shifted states of the dK contraction, and the states themselves
+      when nothing else keeps them (the returned states still exist while
+      used). Same values as the default (to rounding). Needs
+      ``custom_gradient=True``; time-major ``z`` is run batch-major (one
+      transpose each way).
 
   Returns:
     ``(h_last, hs)``: the final state ``(*batch, n)`` (the state at step
@@ -795,7 +984,8 @@ def recurrence(
 
   Raises:
     ValueError: inconsistent shapes, ``lengths`` of the wrong shape,
-      ``unroll`` below 1.
+      ``unroll`` below 1, ``remat`` below 1 or not dividing T, ``remat``
+      without ``custom_gradient``.
     TypeError: non-integer ``lengths`` or ``unroll``; complex inputs with a
       real-only activation.
   """
@@ -822,6 +1012,12 @@ def recurrence(
       )
   check_positive_int("recurrence", "unroll", unroll)
   batch, steps = (z.shape[:-2], z.shape[-2]) if batch_major else (z.shape[1:-1], z.shape[0])
+  seg = None
+  if remat is not None and remat is not False:
+    if not custom_gradient:
+      raise ValueError("recurrence: remat needs custom_gradient=True (it is a rule of the"
+                       " custom VJP; plain autodiff can use jax.checkpoint instead).")
+    seg = remat_segment(steps, remat) if steps else None
   carry_shape = tuple(batch) + (kernel.shape[0],)
   try:
     h0_fits = np.broadcast_shapes(h0.shape, carry_shape) == carry_shape
@@ -848,7 +1044,13 @@ def recurrence(
     bias = bias.astype(dtype)
   if batch_major:
     return _batch_major_recurrence(phi, unroll, kernel, z, bias, h0, lengths, custom_gradient,
-                                   dtype, activation_params)
+                                   dtype, activation_params, seg)
+  if seg is not None:  # time-major, rematerialised: run batch-major
+    zb = jnp.moveaxis(z, 0, -2)
+    lb = None if lengths is None else jnp.broadcast_to(jnp.asarray(lengths), tuple(batch))
+    h_last, hs = _batch_major_recurrence(phi, unroll, kernel, zb, bias, h0, lb, custom_gradient,
+                                         dtype, activation_params, seg)
+    return h_last, jnp.moveaxis(hs, -2, 0)
   h0 = jnp.broadcast_to(h0, z.shape[1:]).astype(dtype)
 
   valid = None
@@ -869,7 +1071,7 @@ def recurrence(
 
 
 def _batch_major_recurrence(phi, unroll, kernel, z, bias, h0, lengths, custom_gradient, dtype,
-                            activation_params=None):
+                            activation_params=None, seg=None):
   """:func:`recurrence` with ``batch_major=True`` (batch axes flattened to one)."""
   batch, (steps, n) = z.shape[:-2], z.shape[-2:]
   flat = math.prod(batch)
@@ -885,7 +1087,10 @@ def _batch_major_recurrence(phi, unroll, kernel, z, bias, h0, lengths, custom_gr
   z = z.reshape(flat, steps, n)
   if steps == 0:  # No step to run (the loop body could not even be traced).
     return h0.reshape(batch + (n,)), z.reshape(batch + (0, n))
-  if activation_params is not None:
+  if seg is not None:
+    h_last, hs = _bm_remat_recurrence(phi, unroll, seg, kernel, z, bias, h0, lengths,
+                                      activation_params)
+  elif activation_params is not None:
     if custom_gradient:
       h_last, hs = _bm_param_recurrence(phi, unroll, kernel, z, bias, h0, lengths,
                                         activation_params)

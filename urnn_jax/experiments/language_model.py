@@ -605,7 +605,7 @@ def train_and_evaluate(config: Config, workdir: str, corpus: text.Corpus, *, log
       "model_description": registry.get(config.model).description,
       "corpus": {"source": corpus.source, "sha256_16": corpus.digest(), **corpus.sizes(),
                  "unk_rate_train": corpus.unk_rate("train")},
-      "num_params": int(sum(np.size(x) for x in jax.tree.leaves(out.state.params))),
+      "num_params": registry.count_params(out.state.params),
       "steps_per_epoch": spe,
       "tokens_per_step": batches.tokens_per_window,
       "epochs_run": len(history),

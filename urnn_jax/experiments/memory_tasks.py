@@ -86,17 +86,22 @@ class Config:
   activation: str | None = _f(None, f"Activation of the eq. (1) cells; default per task: {DEFAULT_ACTIVATION}.",
                               sorted(ACTIVATIONS))
   rnn_init: str = _f("haar", "Initialiser of the free RNN's W.", sorted(registry.RNN_INITS))
+  constraint: str | None = _f(
+      None, "The constraint of urnn, ugru and urnn_complex; default: the model's own (urnn, ugru: projection;"
+      " urnn_complex: cayley, the full-capacity update). The other models' constraint is fixed by their name.",
+      list(registry.CONSTRAINTS))
   optimizer: str = _f("adam", "Optimiser (all models).", sorted(training.OPTIMIZERS))
   learning_rate: float = _f(1e-3, "Learning rate.")
   recurrent_learning_rate: float | None = _f(
-      None, "Learning rate of the recurrent matrix of the eq. (1) models (W, or the generator A of"
-      " urnn_param_*), expRNN's 'orthogonal lr'; default: --learning_rate. LSTM / GRU use"
+      None, "Learning rate of the recurrent matrix of the eq. (1) and complex models (W, or the generator"
+      " A of urnn_param_*), expRNN's 'orthogonal lr'; default: --learning_rate. LSTM / GRU / uGRU use"
       " --learning_rate throughout.")
   lr_schedule: str = _f("constant", "Learning rate (both rates): constant, or cosine decay to 0 over --steps.",
                         list(training.LR_SCHEDULES))
   grad_clip: float = _f(1.0, "Clip gradients to this global norm (0: off).")
-  reproject_every: int = _f(0, "urnn_cayley/urnn_expm: also project W onto the orthogonal group every this"
-                            " many steps, removing float32 drift (0: never).")
+  reproject_every: int = _f(0, "The retractions (urnn_cayley, urnn_expm, urnn_complex, --constraint=cayley/expm):"
+                            " also project W onto the group every this many steps, removing float32 drift"
+                            " (0: never).")
   batch_size: int = _f(64, "Training batch size.")
   steps: int = _f(1000, "Training steps per model.")
   eval_every: int = _f(100, "Evaluate every this many steps.")
@@ -128,7 +133,7 @@ class Config:
   def model_options(self) -> registry.ModelOptions:
     c = self.resolved()
     return registry.ModelOptions(hidden=c.hidden, activation=c.activation, rnn_init=c.rnn_init,
-                               reproject_every=c.reproject_every)
+                               reproject_every=c.reproject_every, constraint=c.constraint)
 
   def task_options(self) -> dict:
     opts = {}
@@ -189,7 +194,7 @@ def make_optimizer(config: Config, model: str) -> optax.GradientTransformation:
   matrix (W, or the generator A of a parametrised cell); LSTM and GRU have no
   single recurrent matrix and train every parameter at ``learning_rate``.
   """
-  recurrent_lr = config.recurrent_learning_rate if registry.get(model).eq1 else None
+  recurrent_lr = config.recurrent_learning_rate if registry.single_recurrent_matrix(model) else None
   tx = training.make_optimizer(config.optimizer, config.learning_rate, grad_clip=config.grad_clip,
                                lr_schedule=config.lr_schedule, total_steps=config.steps,
                                recurrent_learning_rate=recurrent_lr)
@@ -231,6 +236,12 @@ def _model(config: Config, model: str) -> nn.Module:
 def _eq1_fn(config: Config, model: str):
   module = _model(config, model)
   return jax.jit(lambda variables: module.apply(variables, method=lambda m: m.rnn.rnn_params()))
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_fn(config: Config, model: str):
+  module = _model(config, model)
+  return jax.jit(lambda variables: module.apply(variables, method=lambda m: m.rnn.cell.transition_kernel()))
 
 
 def eq1_params(config: Config, model: str, variables: PyTree) -> RNNParams:
@@ -309,11 +320,11 @@ def evaluate(eval_fn, params, chunks) -> dict:
 
 
 def orthogonality(config: Config, model: str, run: Run, params) -> float | None:
-  """||W^T W - I||_F of an eq. (1) model's transition matrix."""
-  if not registry.get(model).eq1:
+  """||W^H W - I||_F of an eq. (1) or complex model's transition matrix (None for the others)."""
+  if not registry.single_recurrent_matrix(model):
     return None
-  theta = eq1_params(config, model, {"params": params, **run.constants})
-  return float(orthogonal.orthogonality_error(theta.W))
+  kernel = _kernel_fn(config, model)({"params": params, **run.constants})
+  return float(orthogonal.orthogonality_error(kernel))
 
 
 @functools.lru_cache(maxsize=4)
@@ -398,7 +409,7 @@ def train_model(config: Config, model: str, workdir: str, *, log=print, progress
       "train_seconds": out.meta["train_seconds"],
       "compile_seconds": out.meta["compile_seconds"],
       "orthogonality_error": final["orthogonality_error"],
-      "num_params": int(sum(np.size(x) for x in jax.tree.leaves(state.params))),
+      "num_params": registry.count_params(state.params),
   }
   if task.kind == "last_regression":
     summary["eval_mse"] = final["eval_mse"]

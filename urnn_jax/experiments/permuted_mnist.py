@@ -75,7 +75,11 @@ class Config:
   hidden: int = _f(128, "Hidden size n (LSTM: cell size).")
   activation: str = _f("relu", "Activation of the eq. (1) cells.", ACTIVATIONS)
   rnn_init: str = _f("haar", "Initialiser of the free RNN's W (rnn, contrnn).", sorted(registry.RNN_INITS))
-  reproject_every: int = _f(0, "urnn_cayley/urnn_expm: also project W onto the orthogonal group every this"
+  constraint: str | None = _f(
+      None, "The constraint of urnn, ugru and urnn_complex; default: the model's own (urnn, ugru: projection;"
+      " urnn_complex: cayley, the full-capacity update). The other models' constraint is fixed by their name.",
+      list(registry.CONSTRAINTS))
+  reproject_every: int = _f(0, "urnn_cayley/urnn_expm/urnn_complex: also project W onto the group every this"
                             " many steps (0: never).")
   optimizer: str = _f("rmsprop", "Optimiser (RMSProp, as in the paper).", sorted(training.OPTIMIZERS))
   learning_rate: float = _f(1e-3, "Learning rate.")
@@ -109,7 +113,8 @@ class Config:
 
   def model_options(self) -> registry.ModelOptions:
     return registry.ModelOptions(hidden=self.hidden, activation=self.activation, rnn_init=self.rnn_init,
-                                 reproject_every=self.reproject_every, contraction=self.contraction)
+                                 reproject_every=self.reproject_every, contraction=self.contraction,
+                                 constraint=self.constraint)
 
   def validate(self) -> None:
     if self.dataset not in images.DATASETS:
@@ -347,7 +352,7 @@ def train_and_evaluate(config: Config, workdir: str, data: images.SequenceSplits
       "run": name,
       "config": dataclasses.asdict(config),
       "model_description": registry.get(config.model).description,
-      "num_params": int(sum(np.size(x) for x in jax.tree.leaves(out.state.params))),
+      "num_params": registry.count_params(out.state.params),
       "data_source": data.source,
       "permutation_sha256_16": images.permutation_digest(data.permutation),
       "split_sha256_16": images.split_digest(data),
